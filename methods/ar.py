@@ -1,0 +1,46 @@
+"""`ar`: the matched autoregressive baseline — the shared loop with speculation switched off.
+
+It uses the same `Target.forward`, `RowKVCache` and sampling code as every speculative method, so a
+speedup measures drafting, not a different kernel or cache (DESIGN.md §1, §4).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specbench.decode import Decoder
+from specbench.methods.base import Method
+from specbench.sampling import next_tokens
+
+
+class AutoregressiveDecoder(Decoder):
+    max_step_tokens = 1
+
+    def prefill(self, prompts, capacity):
+        target = self.target
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
+        pad = target.tokenizer.pad_token_id or 0
+        ids = torch.tensor([p + [pad] * (width - len(p)) for p in prompts], device=target.device)
+        self.cache = target.new_cache(len(prompts), capacity)
+        logits = target.forward(ids, self.cache)  # [B, width, V]
+        self.cache.commit_prefix(lengths)
+        last = torch.tensor(lengths, device=target.device) - 1
+        row_logits = logits[torch.arange(len(prompts), device=target.device), last]  # [B, V]
+        self.last = next_tokens(row_logits, self.sampling, self.generator)  # [B]
+        return self.last.tolist()
+
+    def step(self, timer, active):
+        with timer.span("verify"):
+            logits = self.target.forward(self.last[:, None], self.cache)  # [B, 1, V]
+        self.cache.commit_prefix([1] * len(active))
+        self.last = next_tokens(logits[:, -1], self.sampling, self.generator)
+        return [[t] for t in self.last.tolist()]
+
+
+class AutoregressiveMethod(Method):
+    name = "ar"
+    description = "autoregressive baseline through the shared decode loop (tau = 1 by construction)"
+
+    def make_decoder(self, sampling, generator):
+        return AutoregressiveDecoder(self.target, sampling, generator)

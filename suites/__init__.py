@@ -1,0 +1,18 @@
+"""Suite registry: one line per benchmark, `name -> "module:Class"` (imported lazily)."""
+
+from __future__ import annotations
+
+import importlib
+
+from specbench.errors import SpecbenchError
+
+SUITES = {
+    "gsm8k": "specbench.suites.gsm8k:GSM8K",
+}
+
+
+def get_suite(name: str):
+    if name not in SUITES:
+        raise SpecbenchError(f"unknown suite {name!r}; known: {', '.join(sorted(SUITES))}")
+    module, cls = SUITES[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
