@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,14 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in table:
         raise SpecbenchError(f"unknown dtype {dtype!r}; use auto, float32 or bfloat16")
     return table[dtype]
+
+
+#: config fields that define the computation; paths, versions and dtype are deliberately left out so
+#: that the same weights loaded from a GGUF, a converted copy or a hub snapshot share a fingerprint
+_ARCHITECTURE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+                      "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "hidden_act",
+                      "rms_norm_eps", "rope_theta", "rope_parameters", "rope_scaling", "tie_word_embeddings",
+                      "attention_bias", "mlp_bias", "sliding_window", "max_position_embeddings")
 
 
 @dataclass
@@ -107,9 +116,8 @@ class Target:
         """sha256 over the config and every weight tensor: ties drafters and results to this exact target."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            cfg = {k: v for k, v in self.config.to_dict().items()
-                   if k not in ("_name_or_path", "_model_name_or_path", "transformers_version", "dtype",
-                                "torch_dtype", "quantization_config", "_attn_implementation_autoset")}
+            d = self.config.to_dict()
+            cfg = {k: d.get(k) for k in _ARCHITECTURE_KEYS}
             h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
             for name, tensor in sorted(self.model.state_dict().items()):
                 h.update(name.encode())
@@ -199,7 +207,10 @@ def _load_gguf(directory: Path, filename: str, dtype: torch.dtype, converted: Pa
             model.hf_quantizer = None
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.replace(tmp, converted) if not converted.exists() else None
+        if converted.exists():  # another process converted it meanwhile
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, converted)
     return model.to(dtype), tok
 
 
@@ -212,8 +223,9 @@ def load_target(name: str, device: str = "auto", dtype: str = "auto", system_pro
     if name in ("tiny-random-llama", "tiny-random-qwen3"):
         from specbench.tiny_models import build_tiny_model, build_tokenizer
 
-        tok = build_tokenizer()
-        model = build_tiny_model(name.rsplit("-", 1)[1], len(tok))
+        family = name.rsplit("-", 1)[1]
+        tok = build_tokenizer(family)
+        model = build_tiny_model(family, len(tok))
         return Target(name, f"builtin:{name}", model.to(dev, dt), tok, dev, dt, chat)
     if name == "smollm2-135m":
         model, tok = _load_gguf(_smollm2_gguf_dir(), SMOLLM2_GGUF, dt, cache_dir() / "targets" / "smollm2-135m")
@@ -232,7 +244,7 @@ def load_target(name: str, device: str = "auto", dtype: str = "auto", system_pro
     try:
         tok = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         where = "local directory" if path.exists() else "hub id (offline? set HF_HUB_OFFLINE=1 with a warm cache)"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecbenchError(f"cannot load target {name!r} as a {where}: {first}") from None

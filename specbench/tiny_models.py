@@ -18,10 +18,14 @@ CHATML_TEMPLATE = (
     "{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
-    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
-    "{% endif %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Qwen3's convention: with thinking switched off, the template pre-fills an empty think block.
+QWEN3_TEMPLATE = CHATML_TEMPLATE.replace(
+    "{{ '<|im_start|>assistant\n' }}{% endif %}",
+    "{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% endif %}")
 
 _CORPUS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
@@ -37,7 +41,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</t
 
 
 @functools.lru_cache(maxsize=4)
-def build_tokenizer(vocab_size: int = 384):
+def build_tokenizer(family: str = "llama", vocab_size: int = 384):
     """A byte-level BPE tokenizer trained deterministically on `_CORPUS` (no download)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -58,7 +62,7 @@ def build_tokenizer(vocab_size: int = 384):
         pad_token="<|endoftext|>",
         bos_token=None,
     )
-    fast.chat_template = CHATML_TEMPLATE
+    fast.chat_template = QWEN3_TEMPLATE if family == "qwen3" else CHATML_TEMPLATE
     return fast
 
 

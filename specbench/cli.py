@@ -1,0 +1,173 @@
+"""The `specbench` command line (DESIGN.md §6). Bad input exits non-zero with one line, no traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from specbench.errors import SpecbenchError
+
+
+def _friendly(fn):
+    """Turn user errors into one line on stderr and exit code 2; Ctrl-C into exit code 130."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpecbenchError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted; finished prompts are saved (resume with --resume RUN_ID)", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise SpecbenchError(f"method option {pair!r} is not KEY=VALUE")
+        key, value = pair.split("=", 1)
+        try:
+            out[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="specbench")
+def cli():
+    """Implement, train and measure speculative-decoding methods side by side."""
+
+
+def run_options(fn):
+    """Options shared by `run` and `sweep` (the cell definition of DESIGN.md §6)."""
+    opts = [
+        click.option("--method", "-m", default="ar", show_default=True, help="method name (specbench list methods)"),
+        click.option("--suite", "-s", default="gsm8k", show_default=True, help="benchmark suite"),
+        click.option("--target", "-t", default="smollm2-135m", show_default=True,
+                     help="alias, hub id, local directory or .gguf file"),
+        click.option("--drafter", default=None, help="drafter checkpoint PATH, or 'auto'"),
+        click.option("--temperature", type=float, default=0.0, show_default=True),
+        click.option("--top-p", type=float, default=1.0, show_default=True),
+        click.option("--top-k", type=int, default=0, show_default=True),
+        click.option("--batch-size", "-b", type=int, default=1, show_default=True),
+        click.option("--depth", type=int, default=None, help="draft depth (method default if omitted)"),
+        click.option("--limit", type=int, default=None, help="seeded subset of N prompts"),
+        click.option("--max-new-tokens", type=int, default=None, help="per turn (suite default if omitted)"),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda"),
+        click.option("--dtype", default="auto", show_default=True, help="auto|float32|bfloat16"),
+        click.option("--data-file", default=None, help="explicit suite data file"),
+        click.option("--system-prompt", default=None, help="override the system prompt"),
+        click.option("--enable-thinking/--no-thinking", default=False, show_default=True,
+                     help="Qwen3-style thinking in the chat template"),
+        click.option("--method-option", "-o", "method_option", multiple=True, metavar="KEY=VALUE",
+                     help="method-specific option (repeatable)"),
+        click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False)),
+        click.option("--warmup/--no-warmup", default=True, show_default=True),
+        click.option("--progress/--no-progress", default=True, show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def config_from_options(o: dict):
+    from specbench.runner import RunConfig
+
+    return RunConfig(
+        method=o["method"], suite=o["suite"], target=o["target"], temperature=o["temperature"],
+        top_p=o["top_p"], top_k=o["top_k"], batch_size=o["batch_size"], depth=o["depth"], limit=o["limit"],
+        max_new_tokens=o["max_new_tokens"], seed=o["seed"], device=o["device"], dtype=o["dtype"],
+        drafter=o["drafter"], data_file=o["data_file"], system_prompt=o["system_prompt"],
+        enable_thinking=o["enable_thinking"], warmup=o["warmup"],
+        method_options=_parse_options(o["method_option"]))
+
+
+@cli.command()
+@run_options
+@click.option("--run-id", default=None, help="name of the run directory (default: timestamp-method-suite-target-hash)")
+@click.option("--resume", "resume", default=None, metavar="RUN_ID", help="continue an interrupted run")
+@_friendly
+def run(run_id, resume, **o):
+    """Run one cell: METHOD vs the matched AR baseline on SUITE."""
+    from specbench.results import ResultStore
+    from specbench.runner import RunConfig, Runner
+    from specbench.summary_table import print_summary
+
+    store = ResultStore(o["results_dir"])
+    if resume:
+        run_dir = store.open(resume)
+        manifest = run_dir.read_manifest()
+        if manifest.get("status") == "complete":
+            raise SpecbenchError(f"run {run_dir.run_id} is already complete")
+        runner = Runner(RunConfig(**manifest["config"]), store, progress=o["progress"])
+        run_dir = runner.run(resume=run_dir)
+    else:
+        runner = Runner(config_from_options(o), store, progress=o["progress"])
+        run_dir = runner.run(run_id=run_id)
+    print_summary(run_dir)
+
+
+@cli.command(name="list")
+@click.argument("what", type=click.Choice(["methods", "suites", "targets", "runs"]))
+@click.option("--results-dir", default="results", show_default=True)
+@_friendly
+def list_(what, results_dir):
+    """List registered methods, suites, target aliases or stored runs."""
+    if what == "methods":
+        from specbench.methods import METHODS, method_class
+
+        for name in sorted(METHODS):
+            click.echo(f"{name:12s} {method_class(name).description}")
+    elif what == "suites":
+        from specbench.suites import SUITES, get_suite
+
+        for name in sorted(SUITES):
+            click.echo(f"{name:12s} {get_suite(name).description}")
+    elif what == "targets":
+        from specbench.targets import TARGET_ALIASES
+
+        for name, desc in TARGET_ALIASES.items():
+            click.echo(f"{name:18s} {desc}")
+        click.echo("(or any Hugging Face hub id, local model directory or .gguf file)")
+    else:
+        from specbench.results import ResultStore
+        from specbench.summary_table import print_runs
+
+        print_runs(ResultStore(results_dir).runs())
+
+
+@cli.command()
+@click.option("--target", "-t", default="smollm2-135m", show_default=True)
+@click.option("--batch-sizes", default="1,8", show_default=True, help="comma-separated")
+@click.option("--prompts", "n_prompts", type=int, default=8, show_default=True)
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--repeats", type=int, default=3, show_default=True)
+@click.option("--suite", default="gsm8k", show_default=True)
+@click.option("--out", default="results/bench", show_default=True, type=click.Path(file_okay=False))
+@_friendly
+def bench(target, batch_sizes, n_prompts, max_new_tokens, repeats, suite, out):
+    """Benchmark the shared AR loop against plain HF `generate` (same prompts, one process)."""
+    from specbench.bench import bench_loop_vs_generate
+
+    sizes = [int(x) for x in batch_sizes.split(",") if x.strip()]
+    if not sizes or min(sizes) < 1:
+        raise SpecbenchError("--batch-sizes must be positive integers, e.g. 1,8")
+    bench_loop_vs_generate(target, sizes, n_prompts, max_new_tokens, repeats, suite, out)
+
+
+def main():
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli(prog_name="specbench")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Run summaries with the binding definitions of DESIGN.md §4.
+
+* τ = Σ committed decode tokens / Σ verification forwards, token-weighted over the run; the token
+  produced by prefill is excluded from both (AR has τ = 1 exactly).
+* speedup = AR time per output token ÷ method time per output token, as a ratio of sums over the
+  run, end-to-end (prefill + decode) and decode-only; 95% bootstrap CI over batches (a batch is the
+  unit whose wall time is measured; at batch size 1 that is a prompt).
+* latency per step: medians of the draft / verify / other spans.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import numpy as np
+
+BOOTSTRAP_SAMPLES = 2000
+
+
+def _turns(records, arm):
+    for rec in records:
+        if rec["arm"] == arm:
+            for t, turn in enumerate(rec["turns"]):
+                yield rec, t, turn
+
+
+def tau_stats(records: list[dict], arm: str = "method") -> dict:
+    tokens = forwards = 0
+    hist: Counter = Counter()
+    for _, _, turn in _turns(records, arm):
+        tokens += max(turn["new_tokens"] - 1, 0)
+        forwards += turn["steps"]
+        hist.update(turn["accept_lengths"])
+    tau = tokens / forwards if forwards else None
+    # P(draft position i accepted | positions < i accepted), from committed counts L = accepted + 1
+    per_position = []
+    if hist:
+        max_len = max(hist)
+        for i in range(1, max_len):
+            reached = sum(c for length, c in hist.items() if length >= i)
+            passed = sum(c for length, c in hist.items() if length >= i + 1)
+            per_position.append(passed / reached if reached else None)
+    return {"tau": tau, "decode_tokens": tokens, "verify_forwards": forwards,
+            "tau_histogram": {str(k): v for k, v in sorted(hist.items())},
+            "per_position_acceptance": per_position}
+
+
+def batch_units(records: list[dict]) -> dict:
+    """Per (batch, turn, arm): wall times and output tokens; the units that are timed together."""
+    units: dict = defaultdict(lambda: {"ttft_s": 0.0, "decode_s": 0.0, "tokens": 0, "decode_tokens": 0})
+    seen_time = set()
+    for arm in ("method", "baseline"):
+        for rec, t, turn in _turns(records, arm):
+            key = (rec["batch_id"], t)
+            u = units[(key, arm)]
+            u["tokens"] += turn["new_tokens"]
+            u["decode_tokens"] += max(turn["new_tokens"] - 1, 0)
+            if (key, arm) not in seen_time:
+                seen_time.add((key, arm))
+                u["ttft_s"] += turn["ttft_s"]
+                u["decode_s"] += turn["decode_s"]
+    return units
+
+
+def _ratio_of_sums(a_time, a_tok, m_time, m_tok):
+    if a_tok.sum() == 0 or m_tok.sum() == 0 or m_time.sum() == 0:
+        return float("nan")
+    return (a_time.sum() / a_tok.sum()) / (m_time.sum() / m_tok.sum())
+
+
+def bootstrap_ci(arrays: list[np.ndarray], stat, seed: int = 0, samples: int = BOOTSTRAP_SAMPLES):
+    n = len(arrays[0])
+    if n < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(samples):
+        idx = rng.integers(0, n, n)
+        vals.append(stat(*(a[idx] for a in arrays)))
+    vals = np.array(vals)
+    vals = vals[np.isfinite(vals)]
+    if not len(vals):
+        return None
+    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
+
+
+def speedup_stats(records: list[dict]) -> dict:
+    units = batch_units(records)
+    keys = sorted({k for k, arm in units if (k, "baseline") in units and (k, "method") in units})
+    if not keys:
+        return {}
+    def col(arm, f):
+        return np.array([f(units[(k, arm)]) for k in keys], dtype=float)
+    e2e = lambda u: u["ttft_s"] + u["decode_s"]  # noqa: E731
+    a_e2e, m_e2e = col("baseline", e2e), col("method", e2e)
+    a_dec, m_dec = col("baseline", lambda u: u["decode_s"]), col("method", lambda u: u["decode_s"])
+    a_tok, m_tok = col("baseline", lambda u: u["tokens"]), col("method", lambda u: u["tokens"])
+    a_dtok, m_dtok = col("baseline", lambda u: u["decode_tokens"]), col("method", lambda u: u["decode_tokens"])
+    return {
+        "speedup_e2e": _ratio_of_sums(a_e2e, a_tok, m_e2e, m_tok),
+        "speedup_e2e_ci95": bootstrap_ci([a_e2e, a_tok, m_e2e, m_tok], _ratio_of_sums),
+        "speedup_decode": _ratio_of_sums(a_dec, a_dtok, m_dec, m_dtok),
+        "speedup_decode_ci95": bootstrap_ci([a_dec, a_dtok, m_dec, m_dtok], _ratio_of_sums),
+        "tokens_per_s": float(m_tok.sum() / m_e2e.sum()) if m_e2e.sum() else None,
+        "baseline_tokens_per_s": float(a_tok.sum() / a_e2e.sum()) if a_e2e.sum() else None,
+        "decode_tokens_per_s": float(m_dtok.sum() / m_dec.sum()) if m_dec.sum() else None,
+        "baseline_decode_tokens_per_s": float(a_dtok.sum() / a_dec.sum()) if a_dec.sum() else None,
+        "timed_units": len(keys),
+    }
+
+
+def latency_stats(records: list[dict], arm: str) -> dict:
+    spans = {"draft": [], "verify": [], "other": []}
+    for _, _, turn in _turns(records, arm):
+        for name, values in (turn.get("batch_spans_ms") or {}).items():
+            spans[name].extend(values)
+    if not spans["verify"]:
+        return {}
+    total = [d + v + o for d, v, o in zip(spans["draft"], spans["verify"], spans["other"])]
+    out = {f"{name}_ms_median": float(np.median(v)) for name, v in spans.items()}
+    out["step_ms_median"] = float(np.median(total))
+    out["other_share"] = float(np.sum(spans["other"]) / np.sum(total)) if np.sum(total) else None
+    out["steps"] = len(total)
+    return out
+
+
+def _rate(values):
+    values = [v for v in values if v is not None]
+    return (sum(bool(v) for v in values) / len(values)) if values else None
+
+
+def summarize(records: list[dict]) -> dict:
+    by_arm = {arm: [r for r in records if r["arm"] == arm] for arm in ("method", "baseline")}
+    method = by_arm["method"]
+    summary = {"n_prompts": len(method)}
+    summary.update(tau_stats(records, "method"))
+    summary.update(speedup_stats(records))
+    summary["exact_match_rate"] = _rate([r.get("exact_match") for r in method])
+    summary["divergences"] = [{"prompt_id": r["prompt_id"], **r["first_divergence"]}
+                              for r in method if r.get("first_divergence")]
+    summary["accuracy"] = _rate([r.get("score") for r in method])
+    summary["baseline_accuracy"] = _rate([r.get("score") for r in by_arm["baseline"]])
+    summary["latency_ms"] = {arm: latency_stats(records, arm) for arm in ("method", "baseline")}
+    summary["mean_new_tokens"] = (float(np.mean([sum(t["new_tokens"] for t in r["turns"]) for r in method]))
+                                  if method else None)
+    return summary

@@ -1,0 +1,287 @@
+"""The runner: one cell = (target, method, suite, temperature, batch size, depth, seed).
+
+Per batch of prompts the method arm and the matched AR arm run back to back, their order
+alternating from batch to batch so slow drift (thermal, caches) hits both equally; both arms are
+warmed up first (DESIGN.md §4, speedup). Each turn of a multi-turn example is conditioned on that
+arm's own previous answers. Both records of a prompt are written and flushed together, so an
+interrupted run resumes from the last finished batch (`--resume`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import signal
+from dataclasses import dataclass, field
+
+import torch
+
+from specbench import provenance
+from specbench.decode import generate
+from specbench.errors import SpecbenchError
+from specbench.metrics import summarize
+from specbench.methods import build_method
+from specbench.results import ResultStore, RunDir
+from specbench.sampling import SamplingConfig
+from specbench.suites import get_suite
+from specbench.suites.base import Example, select
+from specbench.targets import Target, load_target
+from specbench.timing import StepTimer
+
+NEAR_TIE_RELATIVE_GAP = 1e-4
+WARMUP_TOKENS = 16
+
+
+@dataclass
+class RunConfig:
+    method: str
+    suite: str
+    target: str = "smollm2-135m"
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 1
+    depth: int | None = None
+    limit: int | None = None
+    max_new_tokens: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    drafter: str | None = None
+    data_file: str | None = None
+    system_prompt: str | None = None
+    enable_thinking: bool = False
+    warmup: bool = True
+    method_options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise SpecbenchError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.temperature < 0:
+            raise SpecbenchError(f"--temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SpecbenchError(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise SpecbenchError(f"--top-k must be >= 0, got {self.top_k}")
+        if self.depth is not None and self.depth < 1:
+            raise SpecbenchError(f"--depth must be >= 1, got {self.depth}")
+        if self.limit is not None and self.limit < 1:
+            raise SpecbenchError(f"--limit must be >= 1, got {self.limit}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise SpecbenchError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+
+    def cell_hash(self) -> str:
+        keys = ("method", "suite", "target", "temperature", "top_p", "top_k", "batch_size", "depth", "limit",
+                "max_new_tokens", "seed", "device", "dtype", "drafter", "data_file", "system_prompt",
+                "enable_thinking", "method_options")
+        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:8]
+
+    def default_run_id(self) -> str:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        target = self.target.replace("/", "_").replace(".gguf", "")[-40:]
+        return f"{stamp}-{self.method}-{self.suite}-{target}-{self.cell_hash()}"
+
+
+@dataclass
+class ArmTurn:
+    prompt_tokens: int
+    output_ids: list[int]
+    text: str
+    ttft_s: float
+    decode_s: float
+    steps: int
+    accept_lengths: list[int]
+    stopped_by: str
+    batch_spans_ms: dict | None
+
+    def as_record(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["new_tokens"] = len(self.output_ids)
+        return d
+
+
+def first_divergence(a: list[list[int]], b: list[list[int]]) -> tuple[int, int] | None:
+    """(turn, position) of the first token where two arms differ, or None if identical."""
+    for t, (x, y) in enumerate(zip(a, b)):
+        for i in range(max(len(x), len(y))):
+            if i >= len(x) or i >= len(y) or x[i] != y[i]:
+                return t, i
+    return None
+
+
+@torch.inference_mode()
+def top2_gap(target: Target, prompt_ids: list[int], prefix: list[int]) -> float:
+    """Relative gap between the target's two best logits after `prompt + prefix` (near-tie test, §5)."""
+    ids = torch.tensor([prompt_ids + prefix], device=target.device)
+    logits = target.model(input_ids=ids).logits[0, -1].float()
+    top = torch.topk(logits, 2).values
+    return float((top[0] - top[1]) / top[0].abs().clamp_min(1e-9))
+
+
+class Runner:
+    def __init__(self, config: RunConfig, store: ResultStore, progress: bool = True, target: Target | None = None):
+        config.validate()
+        self.config = config
+        self.store = store
+        self.progress = progress
+        self.suite = get_suite(config.suite)  # fail fast on unknown names before loading a model
+        from specbench.methods import method_class
+        method_class(config.method)
+        self.target = target or load_target(config.target, config.device, config.dtype,
+                                            system_prompt=config.system_prompt or self.suite.system_prompt,
+                                            enable_thinking=config.enable_thinking)
+        self.sampling = SamplingConfig(config.temperature, config.top_p, config.top_k)
+        self.max_new_tokens = config.max_new_tokens or self.suite.default_max_new_tokens
+        loaded = self.suite.load(config.data_file)
+        self.data_source = loaded.source
+        self.examples = select(loaded.examples, config.limit, config.seed)
+        self.method = build_method(config.method, self.target, depth=config.depth, drafter=config.drafter,
+                                   **config.method_options)
+        self.baseline = build_method("ar", self.target)
+
+    # -- manifest ------------------------------------------------------------------------------------
+    def manifest(self, run_id: str) -> dict:
+        return {
+            "run_id": run_id,
+            "status": "running",
+            "config": dataclasses.asdict(self.config),
+            "cell": self.config.cell_hash(),
+            "resolved": {"max_new_tokens": self.max_new_tokens, "n_prompts": len(self.examples),
+                         "prompt_ids": [e.id for e in self.examples], "sampling": dataclasses.asdict(self.sampling)},
+            "target": self.target.describe(),
+            "method": self.method.describe(),
+            "suite": {"name": self.suite.name, "description": self.suite.description, "source": self.data_source},
+            "arms": {"method": self.config.method, "baseline": "ar"},
+            "timing": {"interleaved": "method and AR alternate first/second per batch",
+                       "warmup_tokens": WARMUP_TOKENS if self.config.warmup else 0,
+                       "clock": "cuda events" if self.target.device.type == "cuda" else "time.perf_counter"},
+            "provenance": provenance.collect(self.target.device),
+        }
+
+    # -- decoding ------------------------------------------------------------------------------------
+    def _messages(self, example: Example, answers: list[str], turn: int) -> list[dict]:
+        msgs = []
+        for t in range(turn + 1):
+            msgs.append({"role": "user", "content": example.turns[t]})
+            if t < turn:
+                msgs.append({"role": "assistant", "content": answers[t]})
+        return msgs
+
+    def _generator(self, key: str) -> torch.Generator | None:
+        if self.sampling.greedy:
+            return None
+        g = torch.Generator(device=self.target.device)
+        g.manual_seed(int(hashlib.sha256(f"{self.config.seed}:{key}".encode()).hexdigest()[:15], 16))
+        return g
+
+    def _decode(self, method, prompts: list[list[int]], max_new_tokens: int, gen_key: str):
+        timer = StepTimer(self.target.device)
+        decoder = method.make_decoder(self.sampling, self._generator(gen_key))
+        return generate(decoder, prompts, max_new_tokens, self.target.eos_token_ids, timer)
+
+    def warmup(self, examples: list[Example]) -> None:
+        prompts = [self.target.render(self._messages(e, [], 0)) for e in examples]
+        for method in (self.method, self.baseline):
+            self._decode(method, prompts, WARMUP_TOKENS, "warmup")
+
+    def run_batch(self, batch_index: int, batch: list[Example]) -> list[dict]:
+        arms = [("method", self.method), ("baseline", self.baseline)]
+        if batch_index % 2:
+            arms.reverse()
+        answers = {arm: [[] for _ in batch] for arm, _ in arms}
+        turns = {arm: [[] for _ in batch] for arm, _ in arms}
+        prompts_ids = {arm: [[] for _ in batch] for arm, _ in arms}
+        batch_id = f"b{batch_index}-{batch[0].id}"
+        for t in range(max(len(e.turns) for e in batch)):
+            rows = [i for i, e in enumerate(batch) if len(e.turns) > t]
+            for arm, method in arms:
+                prompts = [self.target.render(self._messages(batch[i], answers[arm][i], t)) for i in rows]
+                out = self._decode(method, prompts, self.max_new_tokens, f"{batch_id}:{t}:{arm}")
+                for j, i in enumerate(rows):
+                    row = out.rows[j]
+                    text = self.target.decode(row.tokens)
+                    answers[arm][i].append(text)
+                    prompts_ids[arm][i].append(prompts[j])
+                    turns[arm][i].append(ArmTurn(
+                        prompt_tokens=len(prompts[j]), output_ids=row.tokens, text=text, ttft_s=out.ttft_s,
+                        decode_s=out.decode_s, steps=out.active_steps[j], accept_lengths=row.accept_lengths,
+                        stopped_by=row.stopped_by, batch_spans_ms=out.steps if j == 0 else None))
+        records = []
+        for i, example in enumerate(batch):
+            base_ids = [x.output_ids for x in turns["baseline"][i]]
+            meth_ids = [x.output_ids for x in turns["method"][i]]
+            div = first_divergence(meth_ids, base_ids)
+            divergence = None
+            if div is not None:
+                t, pos = div
+                gap = top2_gap(self.target, prompts_ids["baseline"][i][t], base_ids[t][:pos])
+                divergence = {"turn": t, "position": pos, "top2_relative_gap": gap,
+                              "near_tie": gap < NEAR_TIE_RELATIVE_GAP}
+            for arm, _ in (("method", None), ("baseline", None)):
+                records.append({
+                    "prompt_id": example.id, "arm": arm, "method": self.config.method if arm == "method" else "ar",
+                    "batch_id": batch_id, "batch_size": len(batch), "row": i,
+                    "turns": [x.as_record() for x in turns[arm][i]],
+                    "score": self.suite.score(example, answers[arm][i]),
+                    "exact_match": div is None, "first_divergence": divergence if arm == "method" else None,
+                    "meta": example.meta,
+                })
+        return records
+
+    # -- the run -----------------------------------------------------------------------------------------
+    def run(self, run_id: str | None = None, resume: RunDir | None = None) -> RunDir:
+        if resume is not None:
+            run_dir = resume
+            run_dir.compact_for_resume()
+            manifest = run_dir.read_manifest()
+            manifest.setdefault("resumed", []).append(provenance.collect(self.target.device))
+            manifest["status"] = "running"
+            if manifest["target"]["fingerprint"] != self.target.fingerprint:
+                raise SpecbenchError(f"run {run_dir.run_id} was made with another target (fingerprint differs)")
+            run_dir.write_manifest(manifest)
+        else:
+            run_dir = self.store.create(run_id or self.config.default_run_id())
+            run_dir.write_manifest(self.manifest(run_dir.run_id))
+        done = run_dir.completed_prompt_ids()
+        todo = [e for e in self.examples if e.id not in done]
+        bs = self.config.batch_size
+        batches = [todo[i : i + bs] for i in range(0, len(todo), bs)]
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            if todo and self.config.warmup:
+                self.warmup(batches[0])
+            bar = _progress(len(self.examples), len(done), self.progress,
+                            f"{self.config.method} vs ar on {self.config.suite}")
+            for k, batch in enumerate(batches):
+                run_dir.append_records(self.run_batch(len(done) // bs + k, batch))
+                bar.update(len(batch))
+            bar.close()
+        except KeyboardInterrupt:
+            run_dir.update_manifest(status="interrupted")
+            raise
+        except Exception as e:
+            run_dir.update_manifest(status="failed", error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        summary = summarize(run_dir.load_records())
+        summary.update({"run_id": run_dir.run_id, "method": self.config.method, "suite": self.config.suite,
+                        "target": self.target.name, "temperature": self.config.temperature,
+                        "batch_size": bs, "depth": self.method.depth,
+                        "speedup_note": "decode-only excludes prefill; e2e includes it; AR through the same loop"})
+        run_dir.write_summary(summary)
+        run_dir.update_manifest(status="complete")
+        return run_dir
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _progress(total: int, initial: int, enabled: bool, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="prompt", dynamic_ncols=True)

@@ -1,0 +1,64 @@
+"""Metric definitions of DESIGN.md §4 on hand-made records."""
+
+import pytest
+
+from specbench.metrics import speedup_stats, summarize, tau_stats
+
+
+def _rec(pid, arm, batch, new_tokens, steps, accept, ttft, decode, score=None, exact=True):
+    return {"prompt_id": pid, "arm": arm, "batch_id": batch, "score": score, "exact_match": exact,
+            "first_divergence": None,
+            "turns": [{"new_tokens": new_tokens, "steps": steps, "accept_lengths": accept, "ttft_s": ttft,
+                       "decode_s": decode, "batch_spans_ms": {"draft": [1.0] * steps, "verify": [2.0] * steps,
+                                                              "other": [0.5] * steps}}]}
+
+
+def test_tau_is_token_weighted_and_excludes_the_prefill_token():
+    recs = [_rec("a", "method", "b0", 1 + 6, 2, [3, 3], 0.1, 1.0),
+            _rec("b", "method", "b1", 1 + 2, 2, [1, 1], 0.1, 1.0)]
+    s = tau_stats(recs)
+    assert s["tau"] == pytest.approx(8 / 4)  # not the mean of per-prompt taus (3 and 1 -> 2 here too)
+    recs[1] = _rec("b", "method", "b1", 1 + 4, 4, [1, 1, 1, 1], 0.1, 1.0)
+    assert tau_stats(recs)["tau"] == pytest.approx(10 / 6)
+    assert tau_stats(recs)["tau_histogram"] == {"1": 4, "3": 2}
+
+
+def test_per_position_conditional_acceptance():
+    recs = [_rec("a", "method", "b0", 1 + 7, 4, [1, 2, 3, 1], 0.1, 1.0)]
+    s = tau_stats(recs)
+    # accepted drafts per step: 0, 1, 2, 0 -> P(pos1)=2/4, P(pos2 | pos1)=1/2
+    assert s["per_position_acceptance"] == [pytest.approx(0.5), pytest.approx(0.5)]
+
+
+def test_speedup_is_ratio_of_sums_with_a_ci():
+    recs = []
+    for i in range(6):
+        recs.append(_rec(f"p{i}", "baseline", f"b{i}", 11, 10, [1] * 10, 0.1, 1.0 + 0.01 * i))
+        recs.append(_rec(f"p{i}", "method", f"b{i}", 11, 4, [3, 3, 2, 2], 0.1, 0.5 + 0.01 * i))
+    s = speedup_stats(recs)
+    want = (sum(1.0 + 0.01 * i for i in range(6)) / 60) / (sum(0.5 + 0.01 * i for i in range(6)) / 60)
+    assert s["speedup_decode"] == pytest.approx(want)
+    lo, hi = s["speedup_decode_ci95"]
+    assert lo <= s["speedup_decode"] <= hi and hi - lo < 0.2
+    assert s["speedup_e2e"] < s["speedup_decode"]
+
+
+def test_batch_time_counted_once_per_batch():
+    recs = []
+    for row in range(4):  # one batch of 4: the batch wall time is shared, tokens add up
+        recs.append(_rec(f"p{row}", "baseline", "b0", 11, 10, [1] * 10, 0.2, 2.0))
+        recs.append(_rec(f"p{row}", "method", "b0", 11, 5, [2] * 5, 0.2, 1.0))
+    s = speedup_stats(recs)
+    assert s["speedup_decode"] == pytest.approx(2.0)
+    assert s["baseline_decode_tokens_per_s"] == pytest.approx(40 / 2.0)
+
+
+def test_summary_has_the_contract_keys():
+    recs = [_rec("a", "baseline", "b0", 5, 4, [1] * 4, 0.1, 1.0, score=True),
+            _rec("a", "method", "b0", 5, 2, [2, 2], 0.1, 0.6, score=False)]
+    s = summarize(recs)
+    for key in ("tau", "speedup_e2e", "speedup_decode", "tokens_per_s", "baseline_tokens_per_s",
+                "exact_match_rate", "accuracy", "baseline_accuracy"):
+        assert key in s
+    assert s["accuracy"] == 0.0 and s["baseline_accuracy"] == 1.0
+    assert s["latency_ms"]["method"]["other_share"] == pytest.approx(0.5 / 3.5)

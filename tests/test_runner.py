@@ -1,0 +1,119 @@
+"""Runner and results store: the three files, interleaving, and resume after a real kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from specbench.results import ResultStore
+from specbench.runner import RunConfig, Runner
+
+CONFIG = dict(method="ar", suite="gsm8k", target="tiny-random-llama", limit=6, max_new_tokens=12, batch_size=2)
+
+
+def test_run_writes_manifest_records_summary(tmp_path, tiny_llama):
+    store = ResultStore(tmp_path)
+    run_dir = Runner(RunConfig(**CONFIG), store, progress=False, target=tiny_llama).run(run_id="r")
+    manifest = json.loads((run_dir.path / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["target"]["fingerprint"] == tiny_llama.fingerprint
+    assert manifest["suite"]["source"] == "data-dir:gsm8k/test.jsonl"
+    assert manifest["provenance"]["versions"]["torch"] and manifest["provenance"]["hardware"]["torch_threads"] >= 1
+    assert manifest["target"]["chat"]["template_sha256"]
+    records = run_dir.load_records()
+    assert len(records) == 12 and {r["arm"] for r in records} == {"method", "baseline"}
+    assert sorted({r["prompt_id"] for r in records}) == sorted(manifest["resolved"]["prompt_ids"])
+    # interleaving: batch 0 runs the method arm first, batch 1 the baseline first; both are recorded
+    assert all(r["exact_match"] for r in records)
+    summary = json.loads((run_dir.path / "summary.json").read_text())
+    assert summary["tau"] == pytest.approx(1.0) and summary["exact_match_rate"] == 1.0
+    assert summary["n_prompts"] == 6 and summary["timed_units"] == 3
+    assert 0.3 < summary["speedup_decode"] < 3.0
+
+
+def test_same_subset_for_every_method_and_seed_changes_it(tmp_path, tiny_llama):
+    a = Runner(RunConfig(**CONFIG), ResultStore(tmp_path), progress=False, target=tiny_llama)
+    b = Runner(RunConfig(**{**CONFIG, "batch_size": 1}), ResultStore(tmp_path), progress=False, target=tiny_llama)
+    c = Runner(RunConfig(**{**CONFIG, "seed": 1}), ResultStore(tmp_path), progress=False, target=tiny_llama)
+    assert [e.id for e in a.examples] == [e.id for e in b.examples] != [e.id for e in c.examples]
+
+
+def test_divergence_is_recorded_with_near_tie_flag(tmp_path, tiny_llama, monkeypatch):
+    """A method that emits a different token must be caught, with its position and top-2 gap."""
+    from specbench.methods import ar
+
+    original = ar.AutoregressiveDecoder.step
+    def corrupt(self, timer, active):
+        out = original(self, timer, active)
+        if getattr(self, "_n", 0) == 3:
+            out = [[(t[0] + 1) % 300] for t in out]
+        self._n = getattr(self, "_n", 0) + 1
+        return out
+    runner = Runner(RunConfig(**{**CONFIG, "limit": 2}), ResultStore(tmp_path), progress=False, target=tiny_llama)
+    runner.warmup = lambda batch: None
+    monkeypatch.setattr(runner.method, "make_decoder", lambda s, g: type("D", (ar.AutoregressiveDecoder,),
+                                                                          {"step": corrupt})(tiny_llama, s, g))
+    run_dir = runner.run(run_id="div")
+    method_recs = [r for r in run_dir.load_records() if r["arm"] == "method"]
+    assert all(not r["exact_match"] for r in method_recs)
+    div = method_recs[0]["first_divergence"]
+    assert div["turn"] == 0 and div["position"] == 4 and div["near_tie"] is False
+    assert run_dir.read_summary()["exact_match_rate"] == 0.0
+
+
+def test_interrupted_run_resumes_without_duplicates(tmp_path, tiny_llama):
+    store = ResultStore(tmp_path)
+    runner = Runner(RunConfig(**CONFIG), store, progress=False, target=tiny_llama)
+    original = runner.run_batch
+    calls = []
+    def flaky(k, batch):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(k)
+        return original(k, batch)
+    runner.run_batch = flaky
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(run_id="int")
+    run_dir = store.open("int")
+    assert run_dir.read_manifest()["status"] == "interrupted"
+    assert len(run_dir.completed_prompt_ids()) == 4
+    with open(run_dir.records_path, "a") as f:
+        f.write('{"prompt_id": "torn", "ar')  # a write cut by the kill
+    resumed = Runner(RunConfig(**CONFIG), store, progress=False, target=tiny_llama).run(resume=run_dir)
+    records = resumed.load_records()
+    keys = [(r["prompt_id"], r["arm"]) for r in records]
+    assert len(keys) == len(set(keys)) == 12
+    assert resumed.read_manifest()["status"] == "complete" and len(resumed.read_manifest()["resumed"]) == 1
+
+
+def test_sigkill_midway_then_cli_resume(tmp_path):
+    """The real thing: SIGKILL a CLI run mid-flight, then `--resume` completes it with nothing lost."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "specbench.cli", "run", "--method", "ar", "--suite", "gsm8k",
+           "--target", "tiny-random-llama", "--limit", "40", "--max-new-tokens", "48",
+           "--results-dir", str(tmp_path), "--run-id", "killed", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = tmp_path / "killed" / "records.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if records.exists() and len(records.read_text().splitlines()) >= 6:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = ResultStore(tmp_path)
+    before = store.open("killed").completed_prompt_ids()
+    assert 3 <= len(before) < 40, "the run must be killed midway for this test to mean anything"
+    done = subprocess.run([sys.executable, "-m", "specbench.cli", "run", "--resume", "killed",
+                           "--results-dir", str(tmp_path), "--no-progress"], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    run_dir = store.open("killed")
+    keys = [(r["prompt_id"], r["arm"]) for r in run_dir.load_records()]
+    assert len(keys) == len(set(keys)) == 80
+    assert before <= run_dir.completed_prompt_ids()
+    assert run_dir.read_manifest()["status"] == "complete"
+    assert run_dir.read_summary()["n_prompts"] == 40
