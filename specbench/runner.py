@@ -130,14 +130,14 @@ class Runner:
         self.suite = get_suite(config.suite)  # fail fast on unknown names before loading a model
         from specbench.methods import method_class
         method_class(config.method)
+        loaded = self.suite.load(config.data_file)
+        self.data_source = loaded.source
+        self.examples = select(loaded.examples, config.limit, config.seed)
         self.target = target or load_target(config.target, config.device, config.dtype,
                                             system_prompt=config.system_prompt or self.suite.system_prompt,
                                             enable_thinking=config.enable_thinking)
         self.sampling = SamplingConfig(config.temperature, config.top_p, config.top_k)
         self.max_new_tokens = config.max_new_tokens or self.suite.default_max_new_tokens
-        loaded = self.suite.load(config.data_file)
-        self.data_source = loaded.source
-        self.examples = select(loaded.examples, config.limit, config.seed)
         self.method = build_method(config.method, self.target, depth=config.depth, drafter=config.drafter,
                                    **config.method_options)
         self.baseline = build_method("ar", self.target)
