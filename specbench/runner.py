@@ -215,7 +215,9 @@ class Runner:
             meth_ids = [x.output_ids for x in turns["method"][i]]
             div = first_divergence(meth_ids, base_ids)
             divergence = None
-            if div is not None:
+            if div is not None and not self.sampling.greedy:
+                divergence = {"turn": div[0], "position": div[1], "top2_relative_gap": None, "near_tie": None}
+            elif div is not None:
                 t, pos = div
                 gap = top2_gap(self.target, prompts_ids["baseline"][i][t], base_ids[t][:pos])
                 divergence = {"turn": t, "position": pos, "top2_relative_gap": gap,
