@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from specbench.errors import SpecbenchError
+from specbench.hub import hub_reachable
 from specbench.kv_cache import RowKVCache
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -239,13 +240,15 @@ def load_target(name: str, device: str = "auto", dtype: str = "auto", system_pro
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"dtype": dt}
+    local_only = not path.exists() and not hub_reachable()
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        tok = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(name, local_files_only=local_only, **kwargs)
     except (OSError, ValueError) as e:
-        where = "local directory" if path.exists() else "hub id (offline? set HF_HUB_OFFLINE=1 with a warm cache)"
+        where = ("local directory" if path.exists() else
+                 "hub id (the hub is unreachable and it is not in the local cache)" if local_only else "hub id")
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SpecbenchError(f"cannot load target {name!r} as a {where}: {first}") from None
     label = path.name if path.exists() else name

