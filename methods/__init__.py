@@ -8,6 +8,7 @@ from specbench.errors import SpecbenchError
 
 METHODS = {
     "ar": "specbench.methods.ar:AutoregressiveMethod",
+    "dflash": "specbench.methods.dflash:DFlashMethod",
 }
 
 

@@ -1,0 +1,607 @@
+"""`dflash`: a block-diffusion drafter conditioned on target features (KV injection).
+
+Spec: `../shared/methods/eagle3_dflash.md` Part B. One non-causal drafter pass proposes a whole block:
+the block is `[bonus, MASK x (B-1)]`, its queries attend bidirectionally to each other and to keys /
+values projected per layer from fused target features of the committed context (B.1). The drafter owns
+no embedding and no LM head; it borrows the frozen target's (B.1.3, B.5-8). Drafts are greedy at every
+temperature, so acceptance is the one-hot rule and stays lossless (B.3, B.5-10).
+
+Faithful to the spec: layer-id rule (B.1.1), fc-then-norm fusion shared by all layers (B.5-9),
+Qwen3-style draft layers with q/k norms (B.1.2), the B.2.2 training layout (random response anchors,
+context strictly before the anchor, bidirectional inside a block, same-position labels, decayed CE
+with `w_k = exp(-(k-1)/gamma)`), and the B.3 loop. Differences, all recorded by `describe()`:
+
+* batches > 1 keep a per-row draft cache (`RowKVCache`), as B.5-15 requires of any batched version;
+* the block's keys/values are never written into the draft cache, which is the same as writing them
+  and cropping after every draft call (B.5-4);
+* the prompt's context K/V are projected in `prefill` (the "draft prefill" that B.4 excludes from
+  decode time) rather than inside the first draft call;
+* the mask token is a learned drafter-owned row when the target has no unused special token (B.1.3
+  assumes one exists).
+
+Paper defaults (GPU): 5 draft layers, block 16, gamma 7. CPU defaults for `smollm2-135m` are chosen
+by measurement and stated in `CPU_DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specbench.decode import Decoder
+from specbench.errors import SpecbenchError
+from specbench.kv_cache import RowKVCache
+from specbench.methods.base import Method
+from specbench.sampling import logits_to_probs, next_tokens, sample
+
+PAPER_DEFAULTS = {"num_layers": 5, "block_size": 16, "gamma": 7.0, "num_anchors": 512}
+#: what wins on 2 CPU cores for smollm2-135m (see `.notes/dflash.md` for the measurement)
+CPU_DEFAULTS = {"num_layers": 2, "block_size": 8, "num_anchors": 64}
+#: loss decay per block size suggested with the paper (B.2.2 step 7); other sizes use B / 2
+GAMMA_FOR_BLOCK = {16: 7.0, 10: 5.0, 8: 4.0}
+
+
+# -- configuration -------------------------------------------------------------------------------------
+
+def build_target_layer_ids(num_target_layers: int, num_feature_layers: int) -> list[int]:
+    """Evenly spaced 0-based "output of layer" ids from layer 1 to N-3 (B.1.1, Python round).
+
+    Clamped to real layers, which only matters for toy targets with fewer than 4 layers.
+    """
+    n = num_target_layers
+    if num_feature_layers == 1:
+        return [n // 2]
+    span = n - 4
+    ids = [int(round(1 + i * span / (num_feature_layers - 1))) for i in range(num_feature_layers)]
+    return [min(max(i, 0), n - 1) for i in ids]
+
+
+def default_gamma(block_size: int) -> float:
+    return GAMMA_FOR_BLOCK.get(block_size, block_size / 2)
+
+
+def choose_mask_token(tokenizer, embedding_rows: int) -> tuple[int | None, str | None]:
+    """The target's own unused token for MASK (B.1.3), or (None, None) for a learned drafter row.
+
+    Preference: an embedding row the tokenizer never produces (Qwen3: 151669), then a special token
+    named reserved/unused (Llama-3: `<|reserved_special_token_0|>`), then any other special token that
+    is neither eos/bos/pad/unk nor part of the chat template.
+    """
+    n_tok = len(tokenizer)
+    if embedding_rows > n_tok:
+        return n_tok, None
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    specials = sorted((i, t.content) for i, t in added.items() if getattr(t, "special", False) and i < embedding_rows)
+    for i, text in specials:
+        if re.search(r"reserved|unused", text, re.I):
+            return i, text
+    template = getattr(tokenizer, "chat_template", None) or ""
+    taken = {getattr(tokenizer, a, None) for a in ("eos_token", "bos_token", "pad_token", "unk_token")}
+    for i, text in specials:
+        if text not in taken and text not in template:
+            return i, text
+    return None, None
+
+
+@dataclass
+class DFlashConfig:
+    """Everything needed to rebuild a drafter; saved as JSON next to the weights."""
+
+    target_hidden_size: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    num_layers: int
+    block_size: int
+    target_layer_ids: list[int]
+    mask_token_id: int | None  # None: the learned `mask_embedding` row
+    mask_token: str | None
+    gamma: float
+    num_anchors: int
+    target_fingerprint: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def mask_source(self) -> str:
+        return "learned drafter row" if self.mask_token_id is None else "target token"
+
+    @classmethod
+    def for_target(cls, target, num_layers: int | None = None, block_size: int | None = None,
+                   num_feature_layers: int | None = None, gamma: float | None = None,
+                   num_anchors: int | None = None, mask_token: str | int | None = "auto",
+                   target_layer_ids: list[int] | None = None) -> "DFlashConfig":
+        """Draft dimensions equal the target's (B.1.2); CPU defaults unless overridden."""
+        c = target.config
+        layers = num_layers or CPU_DEFAULTS["num_layers"]
+        block = block_size or CPU_DEFAULTS["block_size"]
+        n_heads = c.num_attention_heads
+        rope = getattr(c, "rope_parameters", None) or {}
+        theta = rope.get("rope_theta") or getattr(c, "rope_theta", None) or 10000.0
+        if mask_token == "auto":
+            mask_id, mask_text = choose_mask_token(target.tokenizer, target.model.get_input_embeddings().weight.shape[0])
+        elif mask_token in (None, "learned"):
+            mask_id, mask_text = None, None
+        else:
+            mask_id = int(mask_token)
+            mask_text = target.tokenizer.convert_ids_to_tokens(mask_id)
+        return cls(
+            target_hidden_size=c.hidden_size, hidden_size=c.hidden_size, num_heads=n_heads,
+            num_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
+            head_dim=getattr(c, "head_dim", None) or c.hidden_size // n_heads,
+            intermediate_size=c.intermediate_size, rms_norm_eps=float(c.rms_norm_eps), rope_theta=float(theta),
+            num_layers=layers, block_size=block,
+            target_layer_ids=list(target_layer_ids or build_target_layer_ids(c.num_hidden_layers,
+                                                                             num_feature_layers or layers)),
+            mask_token_id=mask_id, mask_token=mask_text, gamma=gamma or default_gamma(block),
+            num_anchors=num_anchors or CPU_DEFAULTS["num_anchors"], target_fingerprint=target.fingerprint)
+
+
+# -- drafter modules -----------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    """Qwen3's RMSNorm: statistics in fp32, scale in the input dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos, sin `[B, q, d]` for integer positions `[B, q]` (default RoPE, half-rotation layout)."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    freqs = positions[..., None].float() * inv  # [B, q, d/2]
+    emb = torch.cat([freqs, freqs], -1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`x [B, h, q, d]`, `cos/sin [B, q, d]`."""
+    x1, x2 = x.chunk(2, -1)
+    rotated = torch.cat([-x2, x1], -1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+class DFlashLayer(nn.Module):
+    """One Qwen3-style layer whose keys/values are the injected context plus the block's own (B.1.2).
+
+    Context positions contribute only keys/values, projected from the shared fused feature `C`;
+    they have no residual stream. k_norm applies to context and block keys alike (B.5-9).
+    """
+
+    def __init__(self, cfg: DFlashConfig):
+        super().__init__()
+        h, nh, nkv, d = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.nh, self.nkv, self.d = nh, nkv, d
+        self.input_layernorm = RMSNorm(h, cfg.rms_norm_eps)
+        self.q_proj = nn.Linear(h, nh * d, bias=False)
+        self.k_proj = nn.Linear(h, nkv * d, bias=False)
+        self.v_proj = nn.Linear(h, nkv * d, bias=False)
+        self.o_proj = nn.Linear(nh * d, h, bias=False)
+        self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(h, cfg.rms_norm_eps)
+        self.gate_proj = nn.Linear(h, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(h, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, h, bias=False)
+
+    def _kv(self, x, cos, sin):
+        b, t, _ = x.shape
+        k = self.k_norm(self.k_proj(x).view(b, t, self.nkv, self.d)).transpose(1, 2)  # [B, kv, t, d]
+        v = self.v_proj(x).view(b, t, self.nkv, self.d).transpose(1, 2)
+        return apply_rotary(k, cos, sin), v
+
+    def context_kv(self, ctx, cos, sin):
+        """Keys/values of context features `ctx [B, T, H]` at their positions."""
+        return self._kv(ctx, cos, sin)
+
+    def forward(self, x, ctx_k, ctx_v, cos_q, sin_q, mask):
+        """`x [B, Q, H]` block stream; `ctx_k/v [B, kv, T, d]`; `mask [B, 1, Q, T + Q]` bool."""
+        b, q, _ = x.shape
+        xn = self.input_layernorm(x)
+        query = self.q_norm(self.q_proj(xn).view(b, q, self.nh, self.d)).transpose(1, 2)  # [B, h, Q, d]
+        query = apply_rotary(query, cos_q, sin_q)
+        blk_k, blk_v = self._kv(xn, cos_q, sin_q)
+        keys = torch.cat([ctx_k, blk_k], 2)
+        values = torch.cat([ctx_v, blk_v], 2)
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, enable_gqa=self.nkv != self.nh)
+        x = x + self.o_proj(out.transpose(1, 2).reshape(b, q, self.nh * self.d))
+        hn = self.post_attention_layernorm(x)
+        return x + self.down_proj(F.silu(self.gate_proj(hn)) * self.up_proj(hn))
+
+
+class DFlashDrafter(nn.Module):
+    """fc + hidden_norm over fused target features, `num_layers` DFlash layers, final norm (B.1).
+
+    The target's embedding and LM head are used through `attach(target)` and never become parameters
+    of the drafter (frozen, not saved; B.5-8). With no usable target token for MASK the drafter owns
+    one learned embedding row, `mask_embedding`.
+    """
+
+    def __init__(self, cfg: DFlashConfig):
+        super().__init__()
+        self.cfg = cfg
+        n_feat = len(cfg.target_layer_ids)
+        self.fc = nn.Linear(n_feat * cfg.target_hidden_size, cfg.hidden_size, bias=False)
+        self.hidden_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.layers = nn.ModuleList(DFlashLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if cfg.mask_token_id is None:
+            self.mask_embedding = nn.Parameter(torch.zeros(cfg.hidden_size))
+        self._frozen: tuple = ()
+        for mod in self.modules():
+            if isinstance(mod, nn.Linear):
+                nn.init.normal_(mod.weight, std=0.02)
+
+    # -- target coupling --------------------------------------------------------------------------------
+    def attach(self, target) -> "DFlashDrafter":
+        """Borrow the target's embedding and LM head (detached: frozen, B.1.3)."""
+        if self.cfg.target_fingerprint and self.cfg.target_fingerprint != target.fingerprint:
+            raise SpecbenchError(f"this dflash drafter was trained for target {self.cfg.target_fingerprint}, "
+                                 f"not {target.name} ({target.fingerprint})")
+        embed = target.model.get_input_embeddings().weight.detach()
+        head = target.model.get_output_embeddings().weight.detach()
+        self._frozen = (embed, head)
+        return self
+
+    def init_mask_embedding(self) -> None:
+        """Start a learned MASK row at the mean target embedding (a neutral, in-distribution vector)."""
+        if self.cfg.mask_token_id is None:
+            with torch.no_grad():
+                self.mask_embedding.copy_(self._frozen[0].float().mean(0).to(self.mask_embedding.dtype))
+
+    def embed_block(self, anchor_ids: torch.Tensor, block_size: int) -> torch.Tensor:
+        """Embeddings of `[anchor, MASK x (B-1)]` per block; `anchor_ids [...]` -> `[..., B, H]`."""
+        embed = self._frozen[0]
+        first = F.embedding(anchor_ids, embed)[..., None, :]
+        if self.cfg.mask_token_id is None:
+            mask = self.mask_embedding.to(embed.dtype)
+        else:
+            mask = embed[self.cfg.mask_token_id]
+        rest = mask.expand(*anchor_ids.shape, block_size - 1, mask.shape[-1])
+        return torch.cat([first, rest], -2)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self._frozen[1])
+
+    def fuse(self, features: torch.Tensor) -> torch.Tensor:
+        """`C = hidden_norm(fc(C_raw))`: projection first, norm after (B.5-9)."""
+        return self.hidden_norm(self.fc(features))
+
+    def run_layers(self, x, ctx_kv, positions, mask):
+        """Block stream through all layers given per-layer context K/V; returns `norm(x)`."""
+        cos, sin = rotary(positions, self.cfg.head_dim, self.cfg.rope_theta, x.dtype)
+        for layer, (k, v) in zip(self.layers, ctx_kv):
+            x = layer(x, k, v, cos, sin, mask)
+        return self.norm(x)
+
+    # -- training (B.2.2) ----------------------------------------------------------------------------
+    def sample_anchors(self, input_ids, loss_mask, lengths, generator=None):
+        """Up to `num_anchors` sorted response anchors per row, padded; `(anchors [N, n], keep [N, n])`."""
+        n_rows, s = input_ids.shape
+        valid = loss_mask.bool().clone()
+        valid[:, :-1] &= loss_mask[:, 1:].bool()
+        valid[:, -1] = False
+        pos = torch.arange(s, device=input_ids.device)
+        valid &= pos[None, :] < (lengths[:, None] - 1)
+        picks = []
+        for r in range(n_rows):
+            idx = valid[r].nonzero().flatten()
+            n = min(self.cfg.num_anchors, idx.numel())
+            order = torch.randperm(idx.numel(), generator=generator, device="cpu")[:n].to(idx.device)
+            picks.append(idx[order].sort().values)
+        width = max(1, max(p.numel() for p in picks))
+        anchors = torch.zeros(n_rows, width, dtype=torch.long, device=input_ids.device)
+        keep = torch.zeros(n_rows, width, dtype=torch.bool, device=input_ids.device)
+        for r, p in enumerate(picks):
+            anchors[r, : p.numel()] = p
+            keep[r, : p.numel()] = True
+        return anchors, keep
+
+    def block_forward(self, input_ids, features, anchors, keep, block_size=None):
+        """One training-layout forward over all blocks; `(hidden [N, n, B, H], positions [N, n, B])`.
+
+        Queries: `n * B` block tokens per row. Keys: the `S` context positions then the blocks. Block
+        `b` (anchor `p_b`) sees context `c < p_b` (strictly: the anchor's own feature does not exist at
+        inference, B.5-2) and its own block in both directions (B.5-3); nothing else.
+        """
+        bs = block_size or self.cfg.block_size
+        n_rows, s = input_ids.shape
+        n = anchors.shape[1]
+        dev = input_ids.device
+        ctx = self.fuse(features)  # [N, S, H]
+        ctx_pos = torch.arange(s, device=dev).expand(n_rows, s)
+        cos_c, sin_c = rotary(ctx_pos, self.cfg.head_dim, self.cfg.rope_theta, ctx.dtype)
+        ctx_kv = [layer.context_kv(ctx, cos_c, sin_c) for layer in self.layers]
+        x = self.embed_block(input_ids.gather(1, anchors), bs).reshape(n_rows, n * bs, -1)  # [N, n*B, H]
+        positions = anchors[..., None] + torch.arange(bs, device=dev)  # [N, n, B]
+        see_ctx = torch.arange(s, device=dev)[None, None, :] < anchors[..., None]  # [N, n, S]
+        see_ctx &= keep[..., None]
+        blk = torch.arange(n, device=dev)
+        same_block = (blk[:, None] == blk[None, :])  # [n, n]
+        see_ctx = see_ctx[:, :, None, :].expand(n_rows, n, bs, s).reshape(n_rows, n * bs, s)
+        see_blk = same_block[:, None, :, None].expand(n, bs, n, bs).reshape(n * bs, n * bs)
+        mask = torch.cat([see_ctx, see_blk.expand(n_rows, -1, -1)], -1)[:, None]  # [N, 1, n*B, S + n*B]
+        h = self.run_layers(x, ctx_kv, positions.reshape(n_rows, n * bs), mask)
+        return h.view(n_rows, n, bs, -1), positions
+
+    def loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """Decayed same-position cross-entropy over random anchor blocks (B.2.2, B.5-1).
+
+        `batch`: `input_ids [N, S]`, `loss_mask [N, S]` (assistant tokens), `features [N, S, L*H_t]`
+        (frozen target, layers `target_layer_ids`), optional `lengths [N]`. Block position `k` predicts
+        `x[p + k]` with weight `exp(-(k-1)/gamma)` for `k >= 1`.
+        """
+        ids, lm = batch["input_ids"], batch["loss_mask"]
+        lengths = batch.get("lengths")
+        if lengths is None:
+            lengths = torch.full((ids.shape[0],), ids.shape[1], device=ids.device)
+        anchors = batch.get("anchors")
+        keep = batch.get("anchor_keep")
+        if anchors is None:
+            anchors, keep = self.sample_anchors(ids, lm, lengths, generator)
+        bs = self.cfg.block_size
+        h, positions = self.block_forward(ids, batch["features"], anchors, keep)
+        s = ids.shape[1]
+        k = torch.arange(bs, device=ids.device)
+        in_range = positions < lengths[:, None, None]
+        labels = ids.gather(1, positions.clamp(max=s - 1).flatten(1)).view_as(positions)
+        label_mask = lm.gather(1, positions.clamp(max=s - 1).flatten(1)).view_as(positions).bool()
+        valid = keep[..., None] & in_range & (k >= 1) & label_mask  # [N, n, B]
+        decay = torch.where(k >= 1, torch.exp(-(k - 1).float() / self.cfg.gamma), torch.zeros(()))
+        w = decay.expand_as(valid)[valid]
+        logits = self.logits(h[valid])  # only supervised rows: [M, V]
+        target = labels[valid]
+        ce = F.cross_entropy(logits.float(), target, reduction="none")
+        loss = (w * ce).sum() / w.sum().clamp_min(1e-9)
+        with torch.no_grad():
+            hit = torch.zeros_like(valid)
+            hit[valid] = logits.argmax(-1) == target
+            accepted = (hit | ~valid)[..., 1:].cumprod(-1) & valid[..., 1:]
+            n_blocks = keep.sum().clamp_min(1)
+            metrics = {"loss": float(loss), "acc": float(hit.sum() / valid.sum().clamp_min(1)),
+                       "tau_estimate": float(accepted.sum() / n_blocks + 1), "blocks": int(keep.sum())}
+        return loss, metrics
+
+    # -- save / load ---------------------------------------------------------------------------------------
+    def save(self, directory: str | Path, meta: dict | None = None) -> Path:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, d / "model.safetensors")
+        (d / "config.json").write_text(json.dumps({"method": "dflash", **asdict(self.cfg), "meta": meta or {}},
+                                                  indent=2))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, target=None) -> "DFlashDrafter":
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / "config.json").exists():
+            raise SpecbenchError(f"no dflash drafter at {d} (config.json missing)")
+        raw = json.loads((d / "config.json").read_text())
+        if raw.get("method", "dflash") != "dflash":
+            raise SpecbenchError(f"{d} holds a {raw['method']!r} drafter, not dflash")
+        raw.pop("method", None)
+        raw.pop("meta", None)
+        drafter = cls(DFlashConfig(**raw))
+        drafter.load_state_dict(load_file(d / "model.safetensors"))
+        if target is not None:
+            drafter.attach(target)
+            drafter.to(target.device, target.dtype)
+        return drafter
+
+
+# -- feature capture ------------------------------------------------------------------------------------
+
+@contextmanager
+def capture_features(target, layer_ids: list[int]):
+    """Outputs of target layers `layer_ids` (HF `hidden_states[id + 1]`, B.5-6), caught by forward hooks.
+
+    Yields a dict `{layer id: [B, q, H_t]}` filled by the forward run inside the block; `fused` turns it
+    into `C_raw`. Hooks live only inside the block, so other arms sharing the target are untouched.
+    """
+    layers = target.model.model.layers
+    got: dict[int, torch.Tensor] = {}
+
+    def hook(i):
+        def fn(_module, _args, output):
+            got[i] = output[0] if isinstance(output, tuple) else output
+        return fn
+
+    handles = [layers[i].register_forward_hook(hook(i)) for i in sorted(set(layer_ids))]
+    try:
+        yield got
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def fused(got: dict, layer_ids: list[int]) -> torch.Tensor:
+    """`C_raw [B, q, L*H_t]`: captured layers concatenated in `target_layer_ids` order (B.1.1)."""
+    return torch.cat([got[i] for i in layer_ids], -1)
+
+
+# -- decoding (B.3) ---------------------------------------------------------------------------------------
+
+def accept_one_hot(drafts: torch.Tensor, logits: torch.Tensor, sampling, generator):
+    """Accepted draft count and bonus per row for deterministic (greedy) drafts (B.3, B.5-10).
+
+    The target's own token at every chain position (argmax at T = 0, a sample of the processed
+    distribution otherwise); a draft is kept while it equals that token. This is speculative sampling
+    with a one-hot proposal: the first mismatching target token is an exact residual sample.
+    `drafts [B, k]`, `logits [B, k+1, V]` -> `(accepted [B], bonus [B])`.
+    """
+    if sampling.greedy:
+        post = logits.argmax(-1)
+    else:
+        post = sample(logits_to_probs(logits, sampling), generator)
+    match = (drafts == post[:, :-1]).long()
+    accepted = match.cumprod(-1).sum(-1)
+    bonus = post.gather(1, accepted[:, None]).squeeze(1)
+    return accepted, bonus
+
+
+class DFlashDecoder(Decoder):
+    """The B.3 loop with per-row lengths: one draft pass, one chain verification per step.
+
+    State per row `b`: `start[b]` = target cache length = position of the bonus (not yet verified);
+    the draft cache holds context K/V of positions `< drafted_ctx[b]`, and `pending` holds the target
+    features of positions `drafted_ctx[b] .. start[b]-1` (committed, not yet projected). After every
+    draft call `drafted_ctx == start`: the cache holds exactly the committed context (B.3).
+    """
+
+    def __init__(self, target, sampling, generator, drafter: DFlashDrafter, block_size: int):
+        super().__init__(target, sampling, generator)
+        self.drafter = drafter
+        self.block = block_size
+        self.max_step_tokens = block_size
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _extend_context(self, pending: torch.Tensor, counts: list[int]):
+        """Project new committed features into the draft cache; returns per-layer K/V views.
+
+        `pending [B, P, L*H_t]` (row `b` valid for `j < counts[b]`) sits at positions
+        `len[b] .. len[b] + counts[b] - 1`; block K/V never enter the cache (B.5-4).
+        """
+        cache = self.draft_cache
+        p = pending.shape[1]
+        positions = cache.begin_write(p)  # [B, P]
+        ctx = self.drafter.fuse(pending)
+        cos, sin = rotary(positions, self.drafter.cfg.head_dim, self.drafter.cfg.rope_theta, ctx.dtype)
+        views = []
+        for i, layer in enumerate(self.drafter.layers):
+            k, v = layer.context_kv(ctx, cos, sin)
+            views.append(cache.layers[i].update(k, v))
+        cache.commit_prefix(counts)
+        return views
+
+    @torch.inference_mode()
+    def _draft(self) -> torch.Tensor:
+        """Greedy drafts `[B, block-1]` for positions `start+1 ..` from one non-causal pass (B.3)."""
+        drafter, bs = self.drafter, self.block
+        views = self._extend_context(self.pending, self.pending_counts)
+        dev = self.target.device
+        ctx_len = torch.tensor(self.draft_cache.lengths, device=dev)  # == start
+        end = views[0][0].shape[2]
+        see_ctx = torch.arange(end, device=dev)[None, :] < ctx_len[:, None]  # [B, end]
+        mask = torch.cat([see_ctx[:, None, :].expand(-1, bs, -1),
+                          torch.ones(len(ctx_len), bs, bs, dtype=torch.bool, device=dev)], -1)[:, None]
+        positions = ctx_len[:, None] + torch.arange(bs, device=dev)  # [B, bs]
+        x = drafter.embed_block(self.bonus, bs)  # [B, bs, H]
+        h = drafter.run_layers(x, views, positions, mask)
+        self.last_draft_hidden = h
+        return drafter.logits(h[:, 1:]).argmax(-1)
+
+    def _verify(self, chain: torch.Tensor):
+        ids = self.drafter.cfg.target_layer_ids
+        with capture_features(self.target, ids) as got:
+            logits = self.target.forward(chain, self.cache)
+        return logits, fused(got, ids)
+
+    # -- Decoder API -----------------------------------------------------------------------------------
+    def prefill(self, prompts, capacity):
+        target = self.target
+        lengths = [len(p) for p in prompts]
+        width = max(lengths)
+        pad = target.tokenizer.pad_token_id or 0
+        ids = torch.tensor([p + [pad] * (width - len(p)) for p in prompts], device=target.device)
+        self.cache = target.new_cache(len(prompts), capacity)
+        logits, feats = self._verify(ids)  # [B, width, V], [B, width, L*H_t]
+        self.cache.commit_prefix(lengths)
+        last = torch.tensor(lengths, device=target.device) - 1
+        row_logits = logits[torch.arange(len(prompts), device=target.device), last]  # [B, V]
+        self.bonus = next_tokens(row_logits, self.sampling, self.generator)
+        self.draft_cache = RowKVCache(len(prompts), self.drafter.cfg.num_layers, capacity, target.device)
+        with torch.inference_mode():
+            self._extend_context(feats, lengths)  # the draft prefill, excluded from decode time (B.4)
+        self.pending = feats[:, :0]
+        self.pending_counts = [0] * len(prompts)
+        return self.bonus.tolist()
+
+    def step(self, timer, active):
+        if self.block < 2:
+            with timer.span("verify"):
+                logits, feats = self._verify(self.bonus[:, None])
+            drafts = self.bonus[:, :0]
+        else:
+            with timer.span("draft"):
+                drafts = self._draft()  # [B, bs-1]
+            chain = torch.cat([self.bonus[:, None], drafts], 1)  # [B, bs]
+            with timer.span("verify"):
+                logits, feats = self._verify(chain)
+        accepted, bonus = accept_one_hot(drafts, logits, self.sampling, self.generator)
+        counts = (accepted + 1).tolist()
+        self.cache.commit_prefix(counts)
+        self.pending = feats[:, : max(counts)]  # features of the committed block positions only (B.5-5)
+        self.pending_counts = counts
+        committed = [drafts[b, : a].tolist() + [t] for b, (a, t) in enumerate(zip(accepted.tolist(), bonus.tolist()))]
+        self.bonus = bonus
+        return committed
+
+
+# -- the method ---------------------------------------------------------------------------------------------
+
+class DFlashMethod(Method):
+    name = "dflash"
+    description = "DFlash: block-diffusion drafter on fused target features (KV injection), one pass per block"
+    needs_drafter = True
+    default_depth = None  # the drafter's trained block size
+
+    def __init__(self, target, depth=None, drafter=None, **options):
+        super().__init__(target, depth=depth, **options)
+        if isinstance(drafter, DFlashDrafter):
+            self.drafter = drafter.attach(target)
+        elif drafter:
+            self.drafter = DFlashDrafter.load(drafter, target)
+        else:
+            raise SpecbenchError("dflash needs a trained drafter: pass --drafter PATH (train one with "
+                                 "`specbench train --method dflash`)")
+        self.drafter.eval()
+        self.drafter_path = drafter if isinstance(drafter, str) else None
+        if self.depth is None:
+            self.depth = self.drafter.cfg.block_size
+
+    def make_decoder(self, sampling, generator):
+        return DFlashDecoder(self.target, sampling, generator, self.drafter, self.depth)
+
+    def describe(self) -> dict:
+        cfg = self.drafter.cfg
+        return {
+            "name": self.name, "depth": self.depth, "options": self.options, "drafter": self.drafter_path,
+            "drafter_parameters": sum(p.numel() for p in self.drafter.parameters()),
+            "tokens_per_target_forward": self.depth,
+            "draft_tokens_per_step": self.depth - 1,
+            "block_size_trained": cfg.block_size, "draft_layers": cfg.num_layers,
+            "target_layer_ids": cfg.target_layer_ids,
+            "mask_token": {"id": cfg.mask_token_id, "token": cfg.mask_token, "source": cfg.mask_source},
+            "paper_defaults": PAPER_DEFAULTS,
+            "faithful": False,
+            "notes": ["per-row draft cache for batch > 1 (reference is batch 1, B.5-15)",
+                      "block K/V never enter the draft cache (same as crop after every draft call, B.5-4)",
+                      "prompt context projected in prefill (the draft prefill B.4 excludes from decode time)",
+                      *(["MASK is a learned drafter row: the target has no unused special token"]
+                        if cfg.mask_token_id is None else []),
+                      *([f"CPU drafter size: {cfg.num_layers} layers, block {cfg.block_size} "
+                         f"(paper: {PAPER_DEFAULTS['num_layers']} layers, block {PAPER_DEFAULTS['block_size']})"]
+                        if (cfg.num_layers, cfg.block_size) != (5, 16) else [])],
+        }
