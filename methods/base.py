@@ -18,6 +18,8 @@ class Method:
     description: str = ""
     #: True when the method needs a trained drafter (resolved through the drafter store)
     needs_drafter: bool = False
+    #: its `specbench.training.Drafter` subclass; the runner resolves `--drafter auto` with it (issue 5)
+    drafter_class = None
     #: depth used when the user passes none (None: the method has no depth)
     default_depth: int | None = None
 

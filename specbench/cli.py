@@ -54,6 +54,7 @@ def run_options(fn):
         click.option("--target", "-t", default="smollm2-135m", show_default=True,
                      help="alias, hub id, local directory or .gguf file"),
         click.option("--drafter", default=None, help="drafter checkpoint PATH, or 'auto'"),
+        click.option("--no-train", is_flag=True, help="with --drafter auto: fail instead of training a missing drafter"),
         click.option("--temperature", type=float, default=0.0, show_default=True),
         click.option("--top-p", type=float, default=1.0, show_default=True),
         click.option("--top-k", type=int, default=0, show_default=True),
@@ -86,7 +87,8 @@ def config_from_options(o: dict):
         method=o["method"], suite=o["suite"], target=o["target"], temperature=o["temperature"],
         top_p=o["top_p"], top_k=o["top_k"], batch_size=o["batch_size"], depth=o["depth"], limit=o["limit"],
         max_new_tokens=o["max_new_tokens"], seed=o["seed"], device=o["device"], dtype=o["dtype"],
-        drafter=o["drafter"], data_file=o["data_file"], system_prompt=o["system_prompt"],
+        drafter=o["drafter"], no_train=o.get("no_train", False),
+        data_file=o["data_file"], system_prompt=o["system_prompt"],
         enable_thinking=o["enable_thinking"], warmup=o["warmup"],
         method_options=_parse_options(o["method_option"]))
 
@@ -162,6 +164,13 @@ def bench(target, batch_sizes, n_prompts, max_new_tokens, repeats, suite, out):
     if not sizes or min(sizes) < 1:
         raise SpecbenchError("--batch-sizes must be positive integers, e.g. 1,8")
     bench_loop_vs_generate(target, sizes, n_prompts, max_new_tokens, repeats, suite, out)
+
+
+# drafter training: `train` and `regen` live in specbench/training/commands.py
+from specbench.training.commands import regen_command, train_command  # noqa: E402
+
+cli.add_command(train_command(_friendly))
+cli.add_command(regen_command(_friendly))
 
 
 def main():

@@ -55,6 +55,8 @@ class RunConfig:
     enable_thinking: bool = False
     warmup: bool = True
     method_options: dict = field(default_factory=dict)
+    #: `--no-train`: with `--drafter auto`, fail instead of training a missing drafter (issue 5)
+    no_train: bool = False
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -138,7 +140,10 @@ class Runner:
                                             enable_thinking=config.enable_thinking)
         self.sampling = SamplingConfig(config.temperature, config.top_p, config.top_k)
         self.max_new_tokens = config.max_new_tokens or self.suite.default_max_new_tokens
-        self.method = build_method(config.method, self.target, depth=config.depth, drafter=config.drafter,
+        from specbench.training.store import resolve_drafter
+        drafter = resolve_drafter(config.method, self.target, config.drafter, train=not config.no_train,
+                                  options=config.method_options, progress=progress)
+        self.method = build_method(config.method, self.target, depth=config.depth, drafter=drafter,
                                    **config.method_options)
         self.baseline = build_method("ar", self.target)
 

@@ -1,0 +1,118 @@
+"""`specbench train` and `specbench regen` (DESIGN.md §6), registered by `specbench/cli.py`.
+
+Each factory takes the CLI's error decorator, so bad input is one line and exit code 2 as for every
+other command. Only click is imported here; torch and the model load when a command runs.
+"""
+
+from __future__ import annotations
+
+import click
+
+TARGET_HELP = "alias, hub id, local directory or .gguf file"
+
+
+def _target_options(fn):
+    opts = [
+        click.option("--target", "-t", default="smollm2-135m", show_default=True, help=TARGET_HELP),
+        click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda"),
+        click.option("--dtype", default="auto", show_default=True, help="auto|float32|bfloat16"),
+        click.option("--system-prompt", default=None, help="render prompts with this system prompt"),
+        click.option("--enable-thinking/--no-thinking", default=False, show_default=True,
+                     help="Qwen3-style thinking in the chat template"),
+        click.option("--progress/--no-progress", default=True, show_default=True),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _load(o: dict):
+    from specbench.targets import load_target
+
+    return load_target(o["target"], o["device"], o["dtype"], system_prompt=o["system_prompt"],
+                       enable_thinking=o["enable_thinking"])
+
+
+def regen_command(friendly) -> click.Command:
+    @click.command(name="regen")
+    @click.option("--data", required=True, help="prompt sets NAME[:N],... (gsm8k, mix, instruct_mix, code_prompts, "
+                                                "mbpp, self_instruct) or .jsonl files of prompts")
+    @click.option("--max-new-tokens", type=int, default=256, show_default=True)
+    @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy")
+    @click.option("--seed", type=int, default=0, show_default=True, help="sampling seed (temperature > 0)")
+    @click.option("--limit", type=int, default=None, help="at most N prompts per set")
+    @click.option("--batch-size", "-b", type=int, default=8, show_default=True)
+    @_target_options
+    @friendly
+    def regen(data, max_new_tokens, temperature, seed, limit, batch_size, **o):
+        """Generate the target's own responses to training prompts (resumable, cached by target fingerprint)."""
+        import dataclasses
+
+        from specbench.errors import SpecbenchError
+        from specbench.training.data import parse_data_spec
+        from specbench.training.regen import RegenSettings, regenerate
+
+        if max_new_tokens < 1 or temperature < 0 or (limit is not None and limit < 1):
+            raise SpecbenchError("--max-new-tokens and --limit must be >= 1 and --temperature >= 0")
+        sources = parse_data_spec(data)
+        if limit is not None:
+            sources = [dataclasses.replace(s, limit=min(limit, s.limit or limit)) for s in sources]
+        target = _load(o)
+        settings = RegenSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        for source in sources:
+            click.echo(regenerate(target, source, settings, batch_size=batch_size, progress=o["progress"]).line())
+    return regen
+
+
+def train_command(friendly) -> click.Command:
+    @click.command(name="train")
+    @click.option("--method", "-m", required=True, help="method name, or module:DrafterClass")
+    @click.option("--data", default=None, help="prompt sets NAME[:N],... (default: the standard recipe's)")
+    @click.option("--steps", type=int, default=None, help="optimizer steps (instead of the time budget)")
+    @click.option("--budget-minutes", type=float, default=None, help="training wall time (standard: 25)")
+    @click.option("--out", default=None, type=click.Path(file_okay=False),
+                  help="output folder (default: the drafter store, where --drafter auto looks)")
+    @click.option("--batch-size", "-b", type=int, default=None, help="sequences per micro-batch (standard: 8)")
+    @click.option("--grad-accum", type=int, default=None, help="micro-batches per step (standard: 1)")
+    @click.option("--lr", type=float, default=None, help="peak learning rate (default: the method's)")
+    @click.option("--max-length", type=int, default=None, help="tokens per sequence (standard: 384)")
+    @click.option("--max-new-tokens", type=int, default=None, help="regenerated response length (standard: 256)")
+    @click.option("--eval-every", type=int, default=None, help="steps between held-out evals")
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--method-option", "-o", "method_option", multiple=True, metavar="KEY=VALUE",
+                  help="drafter configuration field (repeatable)")
+    @_target_options
+    @friendly
+    def train(method, data, steps, budget_minutes, out, batch_size, grad_accum, lr, max_length, max_new_tokens,
+              eval_every, seed, method_option, **o):
+        """Train a method's drafter on the target's own responses (resumes an interrupted run in --out)."""
+        import dataclasses
+
+        from specbench.cli import _parse_options
+        from specbench.errors import SpecbenchError
+        from specbench.training.budget import STANDARD_CPU
+        from specbench.training.drafter import drafter_class
+        from specbench.training.pipeline import train_drafter
+        from specbench.training.store import config_options, store_path
+
+        if steps is not None and budget_minutes is not None:
+            raise SpecbenchError("give either --steps or --budget-minutes, not both")
+        cls = drafter_class(method)
+        options = _parse_options(method_option)
+        unknown = set(options) - set(config_options(cls, options))
+        if unknown:
+            raise SpecbenchError(f"unknown drafter option(s) for {method}: {', '.join(sorted(unknown))}")
+        given = {"data": data, "max_length": max_length, "max_new_tokens": max_new_tokens,
+                 "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "seed": seed}
+        recipe = dataclasses.replace(STANDARD_CPU, **{k: v for k, v in given.items() if v is not None})
+        if steps is not None:
+            recipe = dataclasses.replace(recipe, steps=steps, budget_minutes=None)
+        elif budget_minutes is not None:
+            recipe = dataclasses.replace(recipe, budget_minutes=budget_minutes, steps=None)
+        target = _load(o)
+        folder = out or store_path(target, cls, options, recipe)
+        path = train_drafter(cls, target, folder, recipe, options=options,
+                             overrides={"eval_every": eval_every}, progress=o["progress"], log=click.echo)
+        click.echo(f"use it with: specbench run --method {cls.method or method} --target {o['target']} "
+                   f"--drafter {path}")
+    return train

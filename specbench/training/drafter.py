@@ -1,0 +1,186 @@
+"""`Drafter`: what a trainable method adds to the shared trainer (DESIGN.md §3).
+
+A method's drafter is an `nn.Module` with a `loss(batch)`; the trainer owns everything else
+(optimiser, schedule, data, checkpoints), so the five methods are trained identically (issue 5).
+
+A subclass declares:
+* `method` — its registry name, checked when a saved drafter is loaded;
+* `config_class` — a dataclass with everything needed to rebuild it, and `default_config(target,
+  **options)` — the method's standard configuration for a target (it keys the drafter store);
+* `feature_layers()` — target layers whose outputs the trainer captures into `batch["features"]`
+  (feature-conditioned drafters: EAGLE-3, DFlash), `needs_target_logits` for `batch["target_logits"]`;
+* `training_defaults` — hyper-parameters that differ from the shared `TrainConfig` (e.g. BiTA's lr);
+* optionally `init_from_target()` / `init_from_data(examples)` — initialisation from the target or
+  from the training sequences before training.
+
+The target is held by reference, never as a submodule: it stays frozen, outside `parameters()` and
+outside saved weights. Drafters that tune parts of the target (FlexDraft, BiTA, MTP) run
+`self.target.model` inside `loss()`; their own parameters are only the added ones.
+
+Saved form: `model.safetensors` (the drafter's state dict) and `config.json` recording the method,
+the drafter class, the target fingerprint, the config and how it was trained (data, budget,
+hyper-parameters). Loading for another target fingerprint is refused with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from specbench.errors import SpecbenchError
+
+FORMAT = "specbench-drafter/1"
+
+
+class Drafter(nn.Module):
+    method: str = ""
+    config_class: type = dict
+    needs_target_logits: bool = False
+    training_defaults: dict = {}
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.target_fingerprint: str | None = None
+        self.training_info: dict = {}
+        self._target = None
+
+    # -- what a method implements -------------------------------------------------------------------
+    @classmethod
+    def default_config(cls, target, **options):
+        """The method's standard configuration for `target`; `options` override its fields."""
+        raise NotImplementedError
+
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """`(scalar loss, metrics)` for a batch: `input_ids`, `loss_mask`, `attention_mask` `[B, S]`,
+        `lengths [B]`, plus `features [B, S, L*H]` / `target_logits [B, S, V]` when requested.
+        Metrics are floats; `acc` (draft top-1 accuracy) is shown by the trainer."""
+        raise NotImplementedError
+
+    def feature_layers(self) -> list[int] | None:
+        """Target layers (0-based outputs, features.py) the trainer must capture; None for none."""
+        return None
+
+    def init_from_target(self) -> None:
+        """Called once on a fresh drafter after `attach`, before training."""
+
+    def init_from_data(self, examples) -> None:
+        """Called once on a fresh drafter with the training sequences (`TrainExample`s) before training,
+        e.g. for EAGLE-3's draft vocabulary from assistant-token counts (eagle3_dflash.md A.1.4)."""
+
+    # -- target coupling ----------------------------------------------------------------------------
+    @property
+    def target(self):
+        if self._target is None:
+            raise SpecbenchError(f"this {self.method or type(self).__name__} drafter is not attached to a target")
+        return self._target
+
+    def attach(self, target) -> "Drafter":
+        """Bind to `target`; refuse a target other than the one this drafter was trained for."""
+        if self.target_fingerprint and self.target_fingerprint != target.fingerprint:
+            trained_for = self.training_info.get("target", {}).get("name", "another target")
+            raise SpecbenchError(f"drafter {self.method} was trained for {trained_for} (fingerprint "
+                                 f"{self.target_fingerprint}), not {target.name} ({target.fingerprint})")
+        self.target_fingerprint = target.fingerprint
+        self._target = target
+        return self
+
+    @classmethod
+    def for_target(cls, target, **options) -> "Drafter":
+        """A fresh, initialised drafter in float32 on the target's device."""
+        drafter = cls(cls.default_config(target, **options)).attach(target)
+        drafter.to(target.device, torch.float32)
+        drafter.init_from_target()
+        return drafter
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def config_dict(self) -> dict:
+        return dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else dict(self.config)
+
+    # -- save / load ----------------------------------------------------------------------------------
+    def save(self, directory: str | Path, training: dict | None = None) -> Path:
+        """Weights then `config.json` (written last: its presence marks a complete drafter)."""
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu").clone().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, d / "model.safetensors")
+        info = training if training is not None else self.training_info
+        cfg = {"format": FORMAT, "method": self.method, "class": f"{type(self).__module__}:{type(self).__qualname__}",
+               "target_fingerprint": self.target_fingerprint, "parameters": self.parameter_count(),
+               "config": self.config_dict(), "training": info}
+        tmp = d / "config.json.tmp"
+        tmp.write_text(json.dumps(cfg, indent=2, default=str))
+        os.replace(tmp, d / "config.json")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, target=None, dtype: torch.dtype | None = None) -> "Drafter":
+        """Rebuild from `directory`; with a target: check its fingerprint, attach, move to its device/dtype."""
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        raw = read_drafter_config(d)
+        if cls is Drafter:
+            cls = drafter_class_from_path(raw["class"])
+        elif cls.method and raw.get("method") != cls.method:
+            raise SpecbenchError(f"{d} holds a {raw.get('method')!r} drafter, not {cls.method!r}")
+        config = cls.config_class(**raw["config"])
+        drafter = cls(config)
+        drafter.target_fingerprint = raw.get("target_fingerprint")
+        drafter.training_info = raw.get("training") or {}
+        if target is not None:
+            drafter.attach(target)
+        drafter.load_state_dict(load_file(d / "model.safetensors"))
+        if target is not None:
+            drafter.to(target.device, dtype or target.dtype)
+        elif dtype is not None:
+            drafter.to(dtype)
+        return drafter
+
+
+def read_drafter_config(directory: Path) -> dict:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise SpecbenchError(f"no drafter at {directory} (config.json missing)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise SpecbenchError(f"cannot parse {path}") from None
+    if raw.get("format") != FORMAT:
+        raise SpecbenchError(f"{path} is not a specbench drafter (format {raw.get('format')!r}, expected {FORMAT})")
+    return raw
+
+
+def drafter_class_from_path(path: str) -> type[Drafter]:
+    """`"module:Class"` -> the Drafter subclass (lets users train drafters outside the registry)."""
+    module, _, name = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise SpecbenchError(f"cannot import drafter class {path!r}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Drafter)):
+        raise SpecbenchError(f"{path} is not a Drafter subclass")
+    return cls
+
+
+def drafter_class(method: str) -> type[Drafter]:
+    """The Drafter class of a registered method, or of a `module:Class` path."""
+    if ":" in method:
+        return drafter_class_from_path(method)
+    from specbench.methods import method_class
+
+    cls = getattr(method_class(method), "drafter_class", None)
+    if cls is None:
+        raise SpecbenchError(f"method {method!r} declares no trainable drafter (Method.drafter_class); "
+                             "pass --drafter PATH")
+    return cls

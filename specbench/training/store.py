@@ -1,0 +1,89 @@
+"""The drafter store: `--drafter PATH|auto` (issue 5).
+
+`auto` looks in `cache_dir()/drafters/<target fingerprint>/<method>-<key>/`, where the key hashes the
+drafter's configuration and the full training recipe, so a drafter is reused only for the same
+target, method, configuration, data and budget. With nothing cached it trains one with the standard
+recipe (budget.py), announcing the expected time first; `train=False` (`--no-train`) makes that an
+error instead. An interrupted automatic training leaves its checkpoint in that folder and the next
+`auto` resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+from specbench.errors import SpecbenchError
+from specbench.targets import cache_dir
+from specbench.training.budget import OVERHEAD_MINUTES, STANDARD_CPU, TrainingRecipe
+from specbench.training.drafter import Drafter, drafter_class
+
+
+def config_options(cls: type[Drafter], options: dict | None) -> dict:
+    """The subset of method options that are fields of the drafter's config (the rest is decoding)."""
+    if not options or not dataclasses.is_dataclass(cls.config_class):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls.config_class)}
+    return {k: v for k, v in options.items() if k in names}
+
+
+def store_path(target, cls: type[Drafter], options: dict | None = None,
+               recipe: TrainingRecipe = STANDARD_CPU) -> Path:
+    config = cls.default_config(target, **config_options(cls, options))
+    config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    identity = {"class": f"{cls.__module__}:{cls.__qualname__}", "config": config, "recipe": recipe.as_dict(),
+                "train_config": recipe.train_config(cls).as_dict()}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    name = cls.method or cls.__name__.lower()
+    return cache_dir() / "drafters" / target.fingerprint / f"{name}-{key}"
+
+
+def resolve_drafter(method: str, target, spec: str | None, train: bool = True, options: dict | None = None,
+                    recipe: TrainingRecipe = STANDARD_CPU, progress: bool = True, log=print) -> str | None:
+    """A concrete drafter folder for `--drafter spec` (`None`, a path, or `auto`)."""
+    if spec != "auto":
+        return spec
+    if ":" not in method:
+        from specbench.methods import method_class
+
+        if not method_class(method).needs_drafter:
+            return None  # `--drafter auto` across a sweep also reaches ar, pld...
+    cls = drafter_class(method)
+    path = store_path(target, cls, options, recipe)
+    if (path / "config.json").exists():
+        log(f"--drafter auto: using {path}")
+        return str(path)
+    what = f"{method} drafter for {target.name} (fingerprint {target.fingerprint})"
+    if not train:
+        raise SpecbenchError(f"no cached {what} in {path.parent}; train one with `specbench train --method {method} "
+                             f"--target {target.name}` or drop --no-train")
+    from specbench.training.pipeline import train_drafter
+    from specbench.training.regen import RegenSettings, missing_prompts
+    from specbench.training.data import parse_data_spec
+
+    resumed = (path / "checkpoint").exists() or (path / "checkpoint.old").exists()
+    expected = (f"about {recipe.budget_minutes + OVERHEAD_MINUTES:.0f} minutes" if recipe.budget_minutes
+                else f"{recipe.steps} steps")
+    missing = missing_prompts(target, parse_data_spec(recipe.data), RegenSettings(recipe.max_new_tokens))
+    if missing:
+        expected += f", after generating {missing} responses of up to {recipe.max_new_tokens} tokens"
+    log(f"--drafter auto: no cached {what}; {'resuming' if resumed else 'training'} one with the standard "
+        f"recipe ({recipe.describe()}): expected {expected}. Pass --no-train to fail instead.")
+    with default_chat(target):
+        return str(train_drafter(cls, target, path, recipe, options=config_options(cls, options),
+                                 progress=progress, log=log))
+
+
+@contextmanager
+def default_chat(target):
+    """The standard recipe renders prompts as the shipped corpus does: template default system prompt,
+    thinking off (DESIGN.md §9), whatever system prompt the run itself uses."""
+    saved = (target.chat.system_prompt, target.chat.enable_thinking)
+    target.chat.system_prompt, target.chat.enable_thinking = None, False
+    try:
+        yield
+    finally:
+        target.chat.system_prompt, target.chat.enable_thinking = saved

@@ -1,0 +1,328 @@
+"""The shared trainer: one loop for every method's drafter (style.md, nanoGPT; issue 5).
+
+AdamW with linear warm-up and cosine decay, gradient clipping and accumulation, fp32 on CPU and bf16
+autocast on CUDA, a held-out eval every `eval_every` steps, checkpoints every `checkpoint_every`
+steps. A method only supplies `Drafter.loss(batch)`; the frozen target's features are captured here
+when the drafter asks for them.
+
+Resume is exact: the checkpoint holds the drafter, AdamW's moments and step counts, every RNG state
+and the step; the data order is a pure function of (seed, step) and the learning rate a pure
+function of the step, so an interrupted run continues bit-for-bit as if it had not stopped (fp32).
+A `--budget-minutes` run times two micro-batches first (RNG restored afterwards) and fixes the
+step count from that; the count is stored, so a resumed run keeps the same schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from specbench.errors import SpecbenchError
+from specbench.training.data import TrainExample, collate
+from specbench.training.features import target_features
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainConfig:
+    steps: int | None = None  # optimizer steps; or
+    budget_minutes: float | None = None  # wall-clock budget, turned into steps by timing two micro-batches
+    batch_size: int = 8  # sequences per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    warmup_ratio: float = 0.05
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    eval_every: int = 100  # steps; the final step is always evaluated
+    eval_size: int = 64  # held-out sequences
+    checkpoint_every: int = 50
+    seed: int = 0
+
+    def validate(self) -> None:
+        if (self.steps is None) == (self.budget_minutes is None):
+            raise SpecbenchError("give exactly one of --steps N or --budget-minutes M")
+        if self.steps is not None and self.steps < 1:
+            raise SpecbenchError(f"--steps must be >= 1, got {self.steps}")
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            raise SpecbenchError(f"--budget-minutes must be > 0, got {self.budget_minutes}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise SpecbenchError("--batch-size and --grad-accum must be >= 1")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to `lr`, then cosine decay to `min_lr_ratio * lr` at the last step."""
+    warmup = max(1, round(cfg.warmup_ratio * total))
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def micro_batch(examples: list[TrainExample], index: int, batch_size: int, seed: int) -> list[TrainExample]:
+    """Micro-batch `index` of an endless stream of seeded epoch permutations (partial tails dropped)."""
+    n = len(examples)
+    per_epoch = max(1, n // batch_size)
+    epoch, k = divmod(index, per_epoch)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    return [examples[i] for i in order[k * batch_size:(k + 1) * batch_size].tolist()]
+
+
+def prepare_batch(drafter, target, examples: list[TrainExample]) -> dict:
+    """Collate on the target's device and add the frozen target's features / logits if asked for."""
+    pad = target.tokenizer.pad_token_id or 0
+    batch = {k: v.to(target.device) for k, v in collate(examples, pad).items()}
+    layers = drafter.feature_layers()
+    if layers or drafter.needs_target_logits:
+        features, logits = target_features(target, batch["input_ids"], layers or [0], drafter.needs_target_logits)
+        if layers:
+            batch["features"] = features
+        if logits is not None:
+            batch["target_logits"] = logits
+    return batch
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 on CPU (where bf16 matmuls are slower and lossless checks are fp32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def evaluate(drafter, target, examples: list[TrainExample], cfg: TrainConfig) -> dict:
+    """Mean loss and metrics on the held-out split, with a fixed RNG so evals are comparable."""
+    if not examples:
+        return {}
+    drafter.eval()
+    totals: dict[str, float] = {}
+    n = 0
+    devices = [target.device] if target.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(cfg.seed + 17)
+        for start in range(0, len(examples), cfg.batch_size):
+            chunk = examples[start:start + cfg.batch_size]
+            with autocast(target.device):
+                loss, metrics = drafter.loss(prepare_batch(drafter, target, chunk))
+            for k, v in {"loss": loss.item(), **metrics}.items():
+                if isinstance(v, (int, float)):
+                    totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
+            n += len(chunk)
+    drafter.train()
+    return {k: v / n for k, v in totals.items()}
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+
+def save_checkpoint(out: Path, drafter, optimizer, state: dict) -> None:
+    """`out/checkpoint/`: drafter and AdamW tensors and RNG states (safetensors) + `trainer_state.json`.
+
+    Written to a temporary folder and swapped in, so an interruption leaves the previous checkpoint.
+    """
+    from safetensors.torch import save_file
+
+    tmp, final, old = out / (CHECKPOINT + ".tmp"), out / CHECKPOINT, out / (CHECKPOINT + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in drafter.state_dict().items()},
+              tmp / "drafter.safetensors")
+    opt = optimizer.state_dict()
+    tensors = {f"optimizer.{pid}.{name}": value.detach().cpu().clone().contiguous()
+               for pid, slots in opt["state"].items() for name, value in slots.items()}
+    rng = rng_state()
+    tensors["rng.torch"] = rng["torch"]
+    for i, s in enumerate(rng.get("cuda", [])):
+        tensors[f"rng.cuda.{i}"] = s
+    save_file(tensors, tmp / "trainer_state.safetensors")
+    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+    (tmp / "trainer_state.json").write_text(json.dumps({**state, "param_groups": groups,
+                                                        "python_rng": rng["python"]}, indent=1, default=str))
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(out: Path, drafter, optimizer) -> dict | None:
+    """Restore drafter, optimizer and RNG from `out/checkpoint`; returns the saved trainer state."""
+    from safetensors.torch import load_file
+
+    folder = out / CHECKPOINT
+    if not (folder / "trainer_state.json").exists():
+        folder = out / (CHECKPOINT + ".old")  # interrupted between the two renames
+        if not (folder / "trainer_state.json").exists():
+            return None
+    state = json.loads((folder / "trainer_state.json").read_text())
+    drafter.load_state_dict(load_file(folder / "drafter.safetensors"))
+    tensors = load_file(folder / "trainer_state.safetensors")
+    slots: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, pid, name = key.split(".", 2)
+            slots.setdefault(int(pid), {})[name] = value
+    groups = state.pop("param_groups")
+    for g in groups:
+        g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": slots, "param_groups": groups})
+    py = state.pop("python_rng")
+    set_rng_state({"torch": tensors["rng.torch"], "python": (py[0], tuple(py[1]), py[2]),
+                   **({"cuda": [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]}
+                      if any(t.startswith("rng.cuda.") for t in tensors) else {})})
+    return state
+
+
+# -- the loop --------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float  # wall time of this process's training steps (eval and checkpoints excluded)
+    tokens: int  # non-pad tokens through the drafter in those steps
+    supervised_tokens: int
+    final_eval: dict
+    train_metrics: dict  # last step's
+    history: list = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def estimate_step_seconds(drafter, target, examples, cfg: TrainConfig) -> float:
+    """Seconds per optimizer step, from two timed micro-batches (the first also warms up); no state changes."""
+    saved = rng_state()
+    times = []
+    for i in range(2):
+        t0 = time.perf_counter()
+        with autocast(target.device):
+            loss, _ = drafter.loss(prepare_batch(drafter, target, micro_batch(examples, i, cfg.batch_size, cfg.seed)))
+        loss.backward()
+        if target.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    drafter.zero_grad(set_to_none=True)
+    set_rng_state(saved)
+    return times[-1] * cfg.grad_accum
+
+
+def plan_steps(step_seconds: float, cfg: TrainConfig, n_eval: int) -> int:
+    """Optimizer steps that fit the budget, counting evals (a forward-only pass costs ~1/3 of a step)."""
+    eval_seconds = step_seconds / cfg.grad_accum * math.ceil(n_eval / cfg.batch_size) / 3
+    per_step = step_seconds + eval_seconds / max(1, cfg.eval_every)
+    return max(1, int(cfg.budget_minutes * 60 / per_step))
+
+
+def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainExample], cfg: TrainConfig,
+          out: str | Path, run_info: dict, progress: bool = True, log=print) -> TrainResult:
+    """Train `drafter` (attached to `target`) and checkpoint under `out`; resumes from `out/checkpoint`.
+
+    `run_info` (method, target, data, budget...) is stored with every checkpoint; resuming a
+    checkpoint written for different `run_info` or `cfg` is refused.
+    """
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    if not train_set:
+        raise SpecbenchError("no training sequences (all prompts filtered out?)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    target.model.requires_grad_(False)
+    target.model.eval()
+    drafter.train()
+    params = [p for p in drafter.parameters() if p.requires_grad]
+    if not params:
+        raise SpecbenchError(f"drafter {drafter.method} has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    identity = {"run_info": run_info, "config": cfg.as_dict()}
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    state = load_checkpoint(out, drafter, optimizer)
+    if state is not None:
+        if json.loads(json.dumps(identity, default=str)) != state["identity"]:
+            raise SpecbenchError(f"{out} holds a checkpoint of a different training run; use another --out "
+                                 "or delete its checkpoint folder")
+        step, total, history = state["step"], state["total_steps"], state["history"]
+        log(f"resuming from step {step}/{total} in {out}")
+    else:
+        step, history = 0, []
+        if cfg.steps is not None:
+            total = cfg.steps
+        else:
+            step_s = estimate_step_seconds(drafter, target, train_set, cfg)
+            total = plan_steps(step_s, cfg, len(eval_set))
+            log(f"budget {cfg.budget_minutes:g} min: {step_s:.2f} s per step -> {total} steps")
+    state = {"identity": identity, "total_steps": total}
+
+    seconds, tokens, supervised = 0.0, 0, 0
+    metrics: dict = {}
+    eval_metrics: dict = {}
+    bar = tqdm(total=total, initial=step, desc=f"train {drafter.method}", unit="step", disable=not progress)
+    while step < total:
+        t0 = time.perf_counter()
+        lr = lr_at(step, total, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sums: dict[str, float] = {}
+        for micro in range(cfg.grad_accum):
+            examples = micro_batch(train_set, step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
+            batch = prepare_batch(drafter, target, examples)
+            with autocast(target.device):
+                loss, m = drafter.loss(batch)
+            (loss / cfg.grad_accum).backward()
+            for k, v in {"loss": loss.item(), **m}.items():
+                if isinstance(v, (int, float)):
+                    sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
+            tokens += int(batch["lengths"].sum())
+            supervised += int(batch["loss_mask"].sum())
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if target.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds += time.perf_counter() - t0
+        metrics = {**sums, "lr": lr, "grad_norm": float(grad_norm)}
+        bar.update(1)
+        bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics.get('acc', float('nan')):.3f}",
+                        tok_s=f"{tokens / seconds:.0f}")
+        if step % cfg.eval_every == 0 or step == total:
+            eval_metrics = evaluate(drafter, target, eval_set, cfg)
+            history.append({"step": step, "train": metrics, "eval": eval_metrics})
+            if eval_metrics:
+                bar.write(f"step {step}/{total}: train loss {metrics['loss']:.4f}  eval loss "
+                          f"{eval_metrics['loss']:.4f}  eval acc {eval_metrics.get('acc', float('nan')):.3f}")
+        if step % cfg.checkpoint_every == 0 or step == total:
+            save_checkpoint(out, drafter, optimizer, {**state, "step": step, "history": history})
+    bar.close()
+    return TrainResult(step, seconds, tokens, supervised, eval_metrics, metrics, history)

@@ -1,0 +1,217 @@
+"""Regen, feature capture, the shared trainer, the drafter store and the CLI on tiny-random-llama."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from specbench.errors import SpecbenchError
+from specbench.testing.train_drafters import SkipHeadDrafter
+from specbench.training.budget import TrainingRecipe
+from specbench.training.data import DataSource, encode_record, read_records
+from specbench.training.features import target_features
+from specbench.training.regen import RegenSettings, corpus_path, load_corpus, regenerate
+from specbench.training.store import resolve_drafter
+from specbench.training.trainer import TrainConfig, evaluate, lr_at, train
+
+SETTINGS = RegenSettings(max_new_tokens=8)
+SKIPHEAD = "specbench.testing.train_drafters:SkipHeadDrafter"
+RECIPE = TrainingRecipe(data="gsm8k:6", max_new_tokens=8, max_length=512, budget_minutes=None, steps=3,
+                        batch_size=2, grad_accum=1, eval_size=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matmuls gain nothing from a second thread, and lose a lot when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("specbench-cache")
+
+
+@pytest.fixture(autouse=True)
+def _cache(monkeypatch, cache_root):
+    monkeypatch.setenv("SPECBENCH_CACHE_DIR", str(cache_root))
+
+
+@pytest.fixture(scope="module")
+def examples(tiny_llama, cache_root):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPECBENCH_CACHE_DIR", str(cache_root))
+        source = DataSource("gsm8k", 6)
+        regenerate(tiny_llama, source, SETTINGS, batch_size=3, progress=False)
+        records = load_corpus(tiny_llama, [source], SETTINGS)
+    return [encode_record(tiny_llama, r, 512) for r in records]
+
+
+def _generate_one(target, messages, n):
+    from specbench.decode import generate
+    from specbench.methods import build_method
+    from specbench.sampling import SamplingConfig
+    from specbench.timing import StepTimer
+
+    decoder = build_method("ar", target).make_decoder(SamplingConfig(), None)
+    return generate(decoder, [target.render(messages)], n, target.eos_token_ids, StepTimer(target.device)).rows[0]
+
+
+def test_regen_is_resumable_and_equals_unbatched_greedy(tiny_llama):
+    source = DataSource("mix", 3)
+    first = regenerate(tiny_llama, source, SETTINGS, batch_size=2, progress=False)
+    assert (first.already_done, first.generated) == (0, 3)
+    again = regenerate(tiny_llama, DataSource("mix", 4), SETTINGS, batch_size=2, progress=False)
+    assert (again.already_done, again.generated) == (3, 1)
+    path = corpus_path(tiny_llama, source, SETTINGS)
+    text = path.read_text()
+    path.write_text(text[: len(text) - 20])  # an interrupted append
+    torn = regenerate(tiny_llama, DataSource("mix", 4), SETTINGS, batch_size=2, progress=False)
+    assert (torn.already_done, torn.generated) == (3, 1)
+    rows = read_records(path)
+    assert [sorted(r) for r in rows] == [["finish", "id", "messages", "response", "response_ids", "source"]] * 4
+    for row in rows[:2]:
+        alone = _generate_one(tiny_llama, row["messages"], SETTINGS.max_new_tokens)
+        assert row["response_ids"] == alone.tokens and row["finish"] == alone.stopped_by
+
+
+def test_features_are_hooked_layer_outputs_and_the_forward_stops_early(tiny_llama):
+    ids = torch.tensor([[5, 9, 14, 3, 7, 21]])
+    with torch.no_grad():
+        hidden = tiny_llama.model(input_ids=ids, output_hidden_states=True).hidden_states
+    calls = []
+    last = tiny_llama.model.model.layers[-1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        feats, logits = target_features(tiny_llama, ids, [0, 2])
+    finally:
+        last.remove()
+    assert logits is None and not calls
+    torch.testing.assert_close(feats, torch.cat([hidden[1], hidden[3]], -1), rtol=0, atol=0)
+    feats, logits = target_features(tiny_llama, ids, [-2], with_logits=True)
+    assert logits.shape[-1] == tiny_llama.vocab_size and feats.shape[-1] == tiny_llama.config.hidden_size
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_ratio=0.1, min_lr_ratio=0.1)
+    lrs = [lr_at(s, 100, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_loss_goes_down_on_a_fixed_batch(tiny_llama, examples, tmp_path):
+    fixed = examples[:2]
+    drafter = SkipHeadDrafter.for_target(tiny_llama)
+    cfg = TrainConfig(steps=30, batch_size=2, lr=1e-2, warmup_ratio=0.1, eval_every=1000, checkpoint_every=1000)
+    before = evaluate(drafter, tiny_llama, fixed, cfg)["loss"]
+    result = train(drafter, tiny_llama, fixed, fixed, cfg, tmp_path, {"test": 1}, progress=False, log=lambda s: None)
+    assert result.final_eval["loss"] < 0.7 * before
+    assert result.final_eval["acc"] > 0
+
+
+def _optimizer_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "checkpoint" / "trainer_state.safetensors")
+
+
+def test_resume_after_interruption_is_bit_exact(tiny_llama, examples, tmp_path):
+    cfg = TrainConfig(steps=6, batch_size=2, lr=5e-3, eval_every=3, checkpoint_every=2, eval_size=2)
+    data, held = examples[:4], examples[4:]
+
+    def fresh():
+        torch.manual_seed(1)
+        return SkipHeadDrafter.for_target(tiny_llama, dropout=0.2)
+
+    whole = fresh()
+    train(whole, tiny_llama, data, held, cfg, tmp_path / "a", {}, progress=False, log=lambda s: None)
+
+    broken = fresh()
+    calls = {"n": 0}
+    real_loss = broken.loss
+
+    def failing_loss(batch):
+        calls["n"] += 1
+        if calls["n"] == 6:  # steps 1-3, the eval at step 3, step 4 (checkpointed), then step 5 fails
+            raise KeyboardInterrupt
+        return real_loss(batch)
+
+    broken.loss = failing_loss
+    with pytest.raises(KeyboardInterrupt):
+        train(broken, tiny_llama, data, held, cfg, tmp_path / "b", {}, progress=False, log=lambda s: None)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
+
+    resumed = SkipHeadDrafter.for_target(tiny_llama, dropout=0.2)  # different init: the checkpoint wins
+    logs = []
+    result = train(resumed, tiny_llama, data, held, cfg, tmp_path / "b", {}, progress=False, log=logs.append)
+    assert result.steps == 6 and any("resuming from step 4" in line for line in logs)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    opt_a, opt_b = _optimizer_tensors(tmp_path / "a"), _optimizer_tensors(tmp_path / "b")
+    assert opt_a.keys() == opt_b.keys() and all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
+
+    with pytest.raises(SpecbenchError, match="different training run"):
+        train(fresh(), tiny_llama, data, held, TrainConfig(steps=7, batch_size=2), tmp_path / "b", {},
+              progress=False, log=lambda s: None)
+
+
+def test_store_round_trip_and_target_refusal(tiny_llama, tiny_qwen3, tmp_path, examples):
+    from specbench.training.drafter import Drafter
+
+    drafter = SkipHeadDrafter.for_target(tiny_llama, hidden_size=32)
+    with torch.no_grad():
+        drafter.fc_out.weight.normal_()
+    drafter.save(tmp_path / "d", {"data": "x"})
+    loaded = Drafter.load(tmp_path / "d", tiny_llama)  # the class comes from config.json
+    assert type(loaded) is SkipHeadDrafter and loaded.config.hidden_size == 32
+    assert loaded.training_info == {"data": "x"} and loaded.target_fingerprint == tiny_llama.fingerprint
+    for (k, a), (_, b) in zip(drafter.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    with pytest.raises(SpecbenchError) as err:
+        SkipHeadDrafter.load(tmp_path / "d", tiny_qwen3)
+    assert "trained for" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SpecbenchError, match="config.json missing"):
+        SkipHeadDrafter.load(tmp_path / "nothing", tiny_llama)
+
+
+def test_drafter_auto_trains_once_then_reuses(tiny_llama, examples):
+    with pytest.raises(SpecbenchError, match="no cached"):
+        resolve_drafter(SKIPHEAD, tiny_llama, "auto", train=False, recipe=RECIPE)
+    logs = []
+    path = resolve_drafter(SKIPHEAD, tiny_llama, "auto", recipe=RECIPE, progress=False, log=logs.append)
+    assert any("expected" in line for line in logs)
+    assert json.loads(open(f"{path}/config.json").read())["training"]["budget"]["steps"] == 3
+    logs.clear()
+    assert resolve_drafter(SKIPHEAD, tiny_llama, "auto", train=False, recipe=RECIPE, log=logs.append) == path
+    assert resolve_drafter(SKIPHEAD, tiny_llama, "some/path") == "some/path"
+    assert resolve_drafter("ar", tiny_llama, "auto") is None
+
+
+def test_cli_regen_and_train_end_to_end(tmp_path, examples):
+    from specbench.cli import cli
+
+    runner = CliRunner()
+    common = ["--target", "tiny-random-llama", "--device", "cpu", "--no-progress"]
+    res = runner.invoke(cli, ["regen", "--data", "gsm8k:6", "--max-new-tokens", "8", *common])
+    assert res.exit_code == 0, res.output
+    assert "6 cached" in res.output
+    out = tmp_path / "drafter"
+    res = runner.invoke(cli, ["train", "--method", SKIPHEAD, "--data", "gsm8k:6", "--max-new-tokens", "8",
+                              "--steps", "2", "--batch-size", "2", "--max-length", "512", "--out", str(out),
+                              "-o", "hidden_size=16", *common])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"] == "skiphead-test" and cfg["config"]["hidden_size"] == 16
+    assert cfg["training"]["data"]["spec"] == "gsm8k:6" and cfg["training"]["hyper_parameters"]["steps"] == 2
+    assert not (out / "checkpoint").exists()
+    for args, message in [(["--steps", "2", "--budget-minutes", "1"], "not both"),
+                          (["--data", "nope:3", "--steps", "1"], "unknown training data"),
+                          (["-o", "colour=red", "--steps", "1"], "unknown drafter option")]:
+        res = runner.invoke(cli, ["train", "--method", SKIPHEAD, *args, *common])
+        assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output, res.output
+    res = runner.invoke(cli, ["train", "--method", "ar", "--steps", "1", *common])
+    assert res.exit_code == 2 and "no trainable drafter" in res.output
