@@ -8,6 +8,10 @@ from specbench.errors import SpecbenchError
 
 SUITES = {
     "gsm8k": "specbench.suites.gsm8k:GSM8K",
+    "math500": "specbench.suites.math500:Math500",
+    "humaneval": "specbench.suites.humaneval:HumanEval",
+    "mbpp": "specbench.suites.mbpp:MBPP",
+    "mtbench": "specbench.suites.mtbench:MTBench",
 }
 
 
