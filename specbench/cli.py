@@ -166,6 +166,42 @@ def bench(target, batch_sizes, n_prompts, max_new_tokens, repeats, suite, out):
     bench_loop_vs_generate(target, sizes, n_prompts, max_new_tokens, repeats, suite, out)
 
 
+@cli.command()
+@click.argument("axis_and_values", nargs=-1, metavar="[AXIS VALUES...]")
+@run_options
+@click.option("--config", "config_path", default=None, metavar="SWEEP.yaml", help="full grid from a YAML file")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", default=None, help="Ray cluster address (default: start a local instance)")
+@click.option("--cpus-per-cell", type=int, default=1, show_default=True, help="CPUs a Ray task reserves (CPU cells)")
+@click.option("--sweep-id", default=None, help="name of the sweep state file (default: hash of the grid)")
+@click.option("--dry-run", is_flag=True, help="list the cells and exit")
+@_friendly
+def sweep(axis_and_values, config_path, executor, address, cpus_per_cell, sweep_id, dry_run, **o):
+    """Run a grid of cells: AXIS (batch-size|temperature|depth|suite|method|seed|target) over VALUES.
+
+    Complete cells are skipped, partial ones resume; a failing cell is recorded and the sweep goes on
+    (exit code 1 if any failed). Options set every other field of the cells.
+    """
+    from specbench.sweep import sweep_command
+
+    sys.exit(sweep_command(axis_and_values, config_path, o, executor, address, cpus_per_cell, sweep_id, dry_run))
+
+
+@cli.command()
+@click.argument("run_dirs", nargs=-1, metavar="[RUN_DIR...]")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default="reports/report.html", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--sweep", "sweep_id", default=None, help="only the cells of this sweep")
+@click.option("--title", default=None, help="page title")
+@_friendly
+def report(run_dirs, results_dir, out, sweep_id, title):
+    """One self-contained HTML page (plus CSV and Markdown tables) from stored runs."""
+    from specbench.report import build_report
+
+    files = build_report(run_dirs, results_dir=results_dir, out=out, sweep_id=sweep_id, title=title)
+    click.echo(f"report: {files.html}  (tables: {files.markdown}, {files.csv_dir}/)")
+
+
 # drafter training: `train` and `regen` live in specbench/training/commands.py
 from specbench.training.commands import regen_command, train_command  # noqa: E402
 

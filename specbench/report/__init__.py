@@ -1,0 +1,34 @@
+"""`specbench report`: stored runs → one self-contained HTML page (+ CSV and Markdown tables).
+
+Pipeline (DESIGN.md §3 Report): aggregate.py (pandas frames, seeds pooled with the binding metric
+code) → sections.py (tables and figures per section) → figures.py (matplotlib/seaborn, base64 PNG) →
+html.py (jinja2 template, files next to each other).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from specbench.report.html import ReportFiles
+
+
+def build_report(run_refs=(), results_dir: str | Path = "results", out: str | Path = "reports/report.html",
+                 sweep_id: str | None = None, title: str | None = None) -> ReportFiles:
+    from specbench.report import aggregate as agg
+    from specbench.report.html import write_report
+    from specbench.report.sections import build_sections
+
+    complete, incomplete = agg.resolve_runs(tuple(run_refs), results_dir, sweep_id)
+    df = agg.runs_frame(complete)
+    pool = agg.Pool(complete)
+    sections, alerts = build_sections(df, pool, incomplete)
+    targets = sorted(df["target"].unique())
+    facts = [("runs", str(len(df))), ("targets", ", ".join(targets)),
+             ("methods", ", ".join(sorted(df["label"].unique()))), ("suites", ", ".join(sorted(df["suite"].unique()))),
+             ("temperatures", ", ".join(f"{t:g}" for t in sorted(df["temperature"].unique()))),
+             ("batch sizes", ", ".join(str(b) for b in sorted(df["batch_size"].unique())))]
+    title = title or f"specbench report · {', '.join(targets)}"
+    return write_report(sections, out, title, facts, alerts, len(df), len(incomplete))
+
+
+__all__ = ["build_report", "ReportFiles"]

@@ -1,0 +1,129 @@
+"""Display tables for the report: one object renders to HTML (template), Markdown and CSV.
+
+Each table keeps two views of the same numbers: `cells` (formatted for a reader: τ to two decimals,
+speedups with their 95% CI) and `data` (a pandas frame with the raw values, written as CSV so nobody
+has to scrape the page).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass
+class Cell:
+    text: str
+    sub: str | None = None  # secondary text, e.g. the CI, shown smaller
+    muted: bool = False
+
+    def plain(self) -> str:
+        return f"{self.text} {self.sub}" if self.sub else self.text
+
+    @property
+    def numeric(self) -> bool:
+        return bool(_NUMERIC.fullmatch(self.text))
+
+
+_NUMERIC = re.compile(r"[-+]?[\d.,]+(×|%| pt|[kMB])?")
+_BLANK = {"—", "n/a (T>0)", ""}
+
+
+@dataclass
+class Table:
+    name: str  # file stem for the CSV
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]]
+    data: pd.DataFrame
+    caption: str = ""
+    #: optional header row above `columns`: (label, span) pairs, e.g. one suite over its τ and speedup
+    groups: list[tuple[str, int]] = field(default_factory=list)
+    footnotes: list[str] = field(default_factory=list)
+    kind: str = "table"  # for the template, which renders sections item by item
+    collapsed: str | None = None  # summary line of a <details> block that hides the table until opened
+
+    def numeric_columns(self) -> list[bool]:
+        """Right-align a column when all its filled cells are numbers (text columns stay left)."""
+        out = []
+        for i in range(len(self.columns)):
+            cells = [row[i] for row in self.rows if i < len(row) and row[i].text not in _BLANK]
+            out.append(bool(cells) and all(c.numeric for c in cells))
+        return out
+
+    def markdown(self) -> str:
+        cols = [f"{g} {c}".strip() for g, c in zip(_expand_groups(self.groups, len(self.columns)), self.columns)]
+        lines = [f"### {self.title}", ""]
+        if self.caption:
+            lines += [self.caption, ""]
+        lines.append("| " + " | ".join(_md_escape(c) for c in cols) + " |")
+        lines.append("|" + "|".join("---:" if n else "---" for n in self.numeric_columns()) + "|")
+        for row in self.rows:
+            lines.append("| " + " | ".join(_md_escape(c.plain()) for c in row) + " |")
+        lines += [""] + [f"{note}  " for note in self.footnotes]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def write_csv(self, directory: Path) -> Path:
+        path = directory / f"{self.name}.csv"
+        self.data.to_csv(path, index=False)
+        return path
+
+
+def _expand_groups(groups, n):
+    if not groups:
+        return [""] * n
+    out = []
+    for label, span in groups:
+        out += [label] * span
+    return (out + [""] * n)[:n]
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def slug(*parts) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", "_".join(str(p) for p in parts if p is not None)).strip("-").lower()
+
+
+# -- number formatting ---------------------------------------------------------------------------------
+def missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def num(x, digits: int = 2) -> str:
+    if missing(x):
+        return "—"
+    if isinstance(x, (int,)) and not isinstance(x, bool):
+        return f"{x:,}"
+    return f"{float(x):.{digits}f}"
+
+
+def pct(x) -> str:
+    return "—" if missing(x) else f"{100 * float(x):.0f}%"
+
+
+def ci_text(ci) -> str | None:
+    if not ci or missing(ci[0]) or missing(ci[1]):
+        return None
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def speedup_cell(value, ci) -> Cell:
+    if missing(value):
+        return Cell("—", muted=True)
+    return Cell(f"{value:.2f}×", ci_text(ci))
+
+
+def count(x) -> str:
+    if missing(x):
+        return "—"
+    x = float(x)
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.1f}{unit}"
+    return f"{x:.0f}"

@@ -1,0 +1,271 @@
+"""Sweeps: grid expansion, one-line errors, failing cells, kill + resume without recomputation, Ray = local."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from specbench.cli import cli
+from specbench.errors import SpecbenchError
+from specbench.runner import RunConfig
+from specbench.sweep import axis_grid, cell_run_id, default_sweep_id, grid_cells, yaml_grid
+
+TINY = ["--target", "tiny-random-llama", "--no-progress", "--no-warmup"]
+# the 2×2×2 grid of issue 8 with ar and two seeds standing in for a second method (one file, reused below)
+GRID_YAML = """\
+target: tiny-random-llama
+methods: [ar]
+seeds: [0, 1]
+batch_sizes: [1, 2]
+temperatures: [0, 0.8]
+limit: 3
+max_new_tokens: 8
+warmup: false
+"""
+
+
+def _one_line_error(result, message):
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert "Traceback" not in result.output
+
+
+# -- expansion -------------------------------------------------------------------------------------------
+def test_axis_values_are_typed_deduplicated_and_checked():
+    assert axis_grid("batch-size", ["1", "4", "4"]) == {"batch_size": [1, 4]}
+    assert axis_grid("temperature", ["0", "0.7"]) == {"temperature": [0.0, 0.7]}
+    assert axis_grid("depth", ["default", "3"]) == {"depth": [None, 3]}
+    with pytest.raises(SpecbenchError, match="unknown sweep axis 'colour'"):
+        axis_grid("colour", ["1"])
+    with pytest.raises(SpecbenchError, match="'x' is not a valid batch_size"):
+        axis_grid("batch-size", ["x"])
+    with pytest.raises(SpecbenchError, match="give values"):
+        axis_grid("method", [])
+    with pytest.raises(SpecbenchError, match="--batch-size must be >= 1"):
+        grid_cells(RunConfig(method="ar", suite="gsm8k"), axis_grid("batch-size", ["0"]))
+
+
+def test_run_ids_follow_the_cell_hash():
+    base = RunConfig(method="ar", suite="gsm8k", target="tiny-random-llama", limit=2)
+    a = grid_cells(base, {"batch_size": [1, 2], "temperature": [0.0, 0.5]})
+    b = grid_cells(base, {"batch_size": [1, 2], "temperature": [0.0, 0.5]})
+    assert [c.run_id for c in a] == [c.run_id for c in b] and len({c.run_id for c in a}) == 4
+    assert all(c.run_id.endswith(c.config.cell_hash()) for c in a)
+    assert cell_run_id(RunConfig(method="ar", suite="gsm8k", limit=3)) != cell_run_id(RunConfig(method="ar", suite="gsm8k"))
+    assert default_sweep_id(a) == default_sweep_id(list(reversed(b)))
+
+
+def test_yaml_grid_crosses_axes_and_keeps_method_options_with_their_method(tmp_path, monkeypatch):
+    from specbench import methods
+
+    monkeypatch.setitem(methods.METHODS, "ar2", "specbench.methods.ar:AutoregressiveMethod")
+    path = tmp_path / "sweep.yaml"
+    path.write_text("methods: [ar, ar2]\ntemperatures: [0, 0.5]\nbatch-sizes: 2\nlimits: [3]\ndtype: float32\n"
+                    "method_options:\n  ar2: [{mode: parallel}, {mode: decoupled}]\n")
+    axes, scalars = yaml_grid(path)
+    assert scalars == {"dtype": "float32"}
+    cells = grid_cells(RunConfig(method="ar", suite="gsm8k", target="tiny-random-llama"), axes)
+    got = sorted((c.config.method, json.dumps(c.config.method_options), c.config.temperature) for c in cells)
+    assert got == sorted([("ar", "{}", 0.0), ("ar", "{}", 0.5),
+                          ("ar2", '{"mode": "parallel"}', 0.0), ("ar2", '{"mode": "parallel"}', 0.5),
+                          ("ar2", '{"mode": "decoupled"}', 0.0), ("ar2", '{"mode": "decoupled"}', 0.5)])
+    assert all(c.config.batch_size == 2 and c.config.limit == 3 for c in cells)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("methods: [ar\n", "is not valid YAML (line"),
+    ("- ar\n- pld\n", "must be a YAML mapping"),
+    ("methods: [ar]\ncolour: blue\n", "unknown key 'colour'"),
+    ("batch_sizes: [one]\n", "'one' is not a valid batch_size"),
+    ("methods: [ar]\nmethod_options:\n  pld: {mode: x}\n", "method_options for 'pld', which is not in methods"),
+    ("methods: [ar, nosuch]\n", "unknown method 'nosuch'"),
+    ("temperatures: []\n", "is an empty list"),
+])
+def test_bad_sweep_file_is_one_line(tmp_path, text, message):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(cli, ["sweep", "--config", str(path), "--results-dir", str(tmp_path)])
+    _one_line_error(result, message)
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give an axis and values"),
+    (["colour", "red"], "unknown sweep axis 'colour'"),
+    (["batch-size"], "give values for the batch-size axis"),
+    (["batch-size", "1", "--config", "x.yaml"], "not both"),
+    (["--config", "/nonexistent/sweep.yaml"], "cannot read sweep file"),
+    (["batch-size", "1", "--executor", "local", "--address", "auto"], "--address only applies"),
+])
+def test_bad_sweep_command_is_one_line(tmp_path, args, message):
+    _one_line_error(CliRunner().invoke(cli, ["sweep", *args, "--results-dir", str(tmp_path)]), message)
+
+
+# -- running ---------------------------------------------------------------------------------------------
+def _files(run_dir: Path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(run_dir.iterdir())}
+
+
+def test_failing_cell_is_recorded_the_sweep_goes_on_and_a_rerun_repairs_it(tmp_path, monkeypatch):
+    from specbench.runner import Runner
+
+    original = Runner.run_batch
+
+    def out_of_memory(self, index, batch):
+        if self.config.batch_size == 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, index, batch)
+
+    args = ["sweep", "batch-size", "2", "1", "--limit", "2", "--max-new-tokens", "6", *TINY,
+            "--results-dir", str(tmp_path)]
+    monkeypatch.setattr(Runner, "run_batch", out_of_memory)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert "1 of 2 cells failed" in result.output
+    state_file = next((tmp_path / "sweeps").glob("sweep-*.json"))
+    state = json.loads(state_file.read_text())
+    by_bs = {c["config"]["batch_size"]: c for c in state["cells"]}
+    assert by_bs[2]["status"] == "failed" and "CUDA out of memory" in by_bs[2]["error"]
+    assert "RuntimeError" in by_bs[2]["traceback"] and by_bs[1]["status"] == "complete"  # the sweep went on
+    assert state["status"] == "failed"
+    done = _files(tmp_path / by_bs[1]["run_id"])
+
+    monkeypatch.setattr(Runner, "run_batch", original)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    state = json.loads(state_file.read_text())
+    by_bs = {c["config"]["batch_size"]: c for c in state["cells"]}
+    assert by_bs[1]["status"] == "skipped" and by_bs[2]["status"] == "complete" and by_bs[2]["attempts"] == 2
+    assert [h["status"] for h in by_bs[2]["history"]] == ["failed", "complete"]
+    assert _files(tmp_path / by_bs[1]["run_id"]) == done  # untouched
+    assert "cached" in result.output and state["status"] == "complete"
+
+
+def _cell_status(results: Path) -> dict[str, tuple[str, int]]:
+    out = {}
+    for manifest in results.glob("*/manifest.json"):
+        try:
+            status = json.loads(manifest.read_text())["status"]
+        except (json.JSONDecodeError, KeyError, OSError):
+            continue
+        records = manifest.parent / "records.jsonl"
+        out[manifest.parent.name] = (status, records.stat().st_size if records.exists() else 0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def killed_sweep(tmp_path_factory):
+    """The 2×2×2 sweep, SIGKILLed while a cell is half done (≥ 1 cell complete), then run again."""
+    root = tmp_path_factory.mktemp("killed")
+    config = root / "sweep.yaml"
+    config.write_text(GRID_YAML)
+    results = root / "results"
+    cmd = [sys.executable, "-m", "specbench.cli", "sweep", "--config", str(config), "--results-dir", str(results),
+           "--no-progress", "--sweep-id", "grid"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+    deadline = time.time() + 120
+    before = None
+    while time.time() < deadline and proc.poll() is None:
+        cells = _cell_status(results)
+        complete = [r for r, (s, _) in cells.items() if s == "complete"]
+        partial = [r for r, (s, size) in cells.items() if s == "running" and size > 0]
+        if complete and partial:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            break
+        time.sleep(0.01)
+    assert proc.returncode == -signal.SIGKILL, f"sweep was not killed midway: {proc.returncode} {proc.stderr.read()}"
+    proc.stderr.close()
+    before = {r: _files(results / r) for r, (s, _) in _cell_status(results).items() if s == "complete"}
+    partial = {r: (results / r / "records.jsonl").read_text() for r, (s, _) in _cell_status(results).items()
+               if s == "running"}
+    result = CliRunner().invoke(cli, ["sweep", "--config", str(config), "--results-dir", str(results),
+                                      "--no-progress", "--sweep-id", "grid"])
+    return {"root": root, "config": config, "results": results, "before": before, "partial": partial,
+            "rerun": result}
+
+
+def test_killed_sweep_resumes_without_recomputing_finished_cells(killed_sweep):
+    rerun, results = killed_sweep["rerun"], killed_sweep["results"]
+    assert rerun.exit_code == 0, rerun.output
+    state = json.loads((results / "sweeps" / "grid.json").read_text())
+    assert len(state["cells"]) == 8 and state["status"] == "complete"
+    status = {c["run_id"]: c for c in state["cells"]}
+    for run_id, files in killed_sweep["before"].items():
+        assert status[run_id]["status"] == "skipped"
+        assert _files(results / run_id) == files  # not a byte nor an mtime changed
+    assert killed_sweep["partial"]
+    for run_id, old_records in killed_sweep["partial"].items():
+        manifest = json.loads((results / run_id / "manifest.json").read_text())
+        assert manifest["status"] == "complete" and len(manifest["resumed"]) == 1
+        kept = _intact(old_records)
+        arms = {}
+        for r in kept:
+            arms.setdefault(r["prompt_id"], set()).add(r["arm"])
+        finished = {(r["prompt_id"], r["arm"]) for r in kept if arms[r["prompt_id"]] == {"method", "baseline"}}
+        now = {(r["prompt_id"], r["arm"]): r for r in map(json.loads, (results / run_id / "records.jsonl").open())}
+        assert all(now[key]["turns"] == next(r for r in kept if (r["prompt_id"], r["arm"]) == key)["turns"]
+                   for key in finished)  # finished prompts were kept, not recomputed
+        assert status[run_id]["resumed_prompts"] == len({p for p, _ in finished}) > 0
+    for entry in state["cells"]:
+        summary = json.loads((results / entry["run_id"] / "summary.json").read_text())
+        assert summary["n_prompts"] == 3
+
+
+def _intact(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass  # the line the kill tore
+    return out
+
+
+def _tokens(results: Path) -> dict:
+    out = {}
+    for records in sorted(results.glob("*/records.jsonl")):
+        for rec in map(json.loads, records.open()):
+            out[(records.parent.name, rec["prompt_id"], rec["arm"])] = [t["output_ids"] for t in rec["turns"]]
+    return out
+
+
+def test_ray_sweep_gives_the_same_records_as_local(killed_sweep, tmp_path):
+    """Same grid through Ray on a local CPU instance: same run ids, same tokens, at T = 0 and T > 0."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        result = CliRunner().invoke(cli, ["sweep", "--config", str(killed_sweep["config"]), "--executor", "ray",
+                                          "--results-dir", str(tmp_path), "--no-progress", "--sweep-id", "grid"])
+    finally:
+        ray.shutdown()
+    assert result.exit_code == 0, result.output
+    local, remote = _tokens(killed_sweep["results"]), _tokens(tmp_path)
+    assert len(local) == 8 * 3 * 2 and local.keys() == remote.keys()
+    assert local == remote
+    sampled = {k for k in local if "-t0.8-" in k[0]}
+    assert sampled and any(local[k] != local[(k[0], k[1], "baseline")] for k in sampled if k[2] == "method")
+    manifest = json.loads(next(tmp_path.glob("*/manifest.json")).read_text())
+    assert manifest["executor"]["name"] == "ray" and manifest["status"] == "complete"
+    state = json.loads((tmp_path / "sweeps" / "grid.json").read_text())
+    assert state["executor"]["name"] == "ray" and {c["status"] for c in state["cells"]} == {"complete"}
+
+
+def test_ray_tasks_ask_for_a_gpu_only_for_cuda_cells(monkeypatch):
+    from specbench.executors import RayExecutor
+
+    monkeypatch.setenv("SPECBENCH_DATA_DIR", "/data")
+    ex = RayExecutor(cpus_per_cell=2)
+    cuda = ex.task_options(RunConfig(method="ar", suite="gsm8k", device="cuda"), cluster_gpus=0)
+    auto_gpu = ex.task_options(RunConfig(method="ar", suite="gsm8k", device="auto"), cluster_gpus=4)
+    cpu = ex.task_options(RunConfig(method="ar", suite="gsm8k", device="cpu"), cluster_gpus=4)
+    assert cuda["num_gpus"] == 1 and auto_gpu["num_gpus"] == 1 and cpu["num_gpus"] == 0
+    assert cpu["num_cpus"] == 2 and cpu["runtime_env"]["env_vars"]["SPECBENCH_DATA_DIR"] == "/data"
