@@ -108,6 +108,14 @@ def test_bad_sweep_command_is_one_line(tmp_path, args, message):
     _one_line_error(CliRunner().invoke(cli, ["sweep", *args, "--results-dir", str(tmp_path)]), message)
 
 
+def test_dry_run_lists_cells_and_runs_nothing(tmp_path):
+    result = CliRunner().invoke(cli, ["sweep", "temperature", "0", "0.7", "--dry-run", *TINY,
+                                      "--results-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "2 cells" in result.output and "ar-gsm8k-tiny-random-llama-t0.7-b1-s0-" in result.output
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
 # -- running ---------------------------------------------------------------------------------------------
 def _files(run_dir: Path) -> dict:
     return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
@@ -137,6 +145,11 @@ def test_failing_cell_is_recorded_the_sweep_goes_on_and_a_rerun_repairs_it(tmp_p
     assert "RuntimeError" in by_bs[2]["traceback"] and by_bs[1]["status"] == "complete"  # the sweep went on
     assert state["status"] == "failed"
     done = _files(tmp_path / by_bs[1]["run_id"])
+    page = tmp_path / "report.html"
+    report = CliRunner().invoke(cli, ["report", "--sweep", state["sweep_id"], "--results-dir", str(tmp_path),
+                                      "--out", str(page)])
+    assert report.exit_code == 0, report.output
+    assert "1 sweep cell(s) failed" in page.read_text() and "CUDA out of memory" in page.read_text()
 
     monkeypatch.setattr(Runner, "run_batch", original)
     result = CliRunner().invoke(cli, args)

@@ -21,7 +21,8 @@ def build_report(run_refs=(), results_dir: str | Path = "results", out: str | Pa
     complete, incomplete = agg.resolve_runs(tuple(run_refs), results_dir, sweep_id)
     df = agg.runs_frame(complete)
     pool = agg.Pool(complete)
-    sections, alerts = build_sections(df, pool, incomplete)
+    failed = agg.failed_sweep_cells(results_dir, sweep_id)
+    sections, alerts = build_sections(df, pool, incomplete, failed)
     targets = sorted(df["target"].unique())
     facts = [("runs", str(len(df))), ("targets", ", ".join(targets)),
              ("methods", ", ".join(sorted(df["label"].unique()))), ("suites", ", ".join(sorted(df["suite"].unique()))),

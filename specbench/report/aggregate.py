@@ -84,6 +84,14 @@ def resolve_runs(refs: tuple[str, ...] | list[str], results_dir: str | Path,
     return complete, incomplete
 
 
+def failed_sweep_cells(results_dir: str | Path, sweep_id: str | None) -> list[dict]:
+    """Cells a sweep recorded as failed: they may have no run directory at all, so only the state knows."""
+    if not sweep_id:
+        return []
+    state = json.loads((Path(results_dir) / "sweeps" / f"{sweep_id}.json").read_text())
+    return [c for c in state.get("cells", []) if c.get("status") == "failed"]
+
+
 # -- one row per run -------------------------------------------------------------------------------------
 def method_label(method: str, options: dict | None) -> str:
     """`flexdraft (mode=parallel)`: modes and other options make separate rows (issue 8)."""
@@ -179,7 +187,7 @@ class Pool:
             if len(key) == 1:
                 self._cache[key] = self.runs[key[0]].summary or {}
             else:
-                records = [{**rec, "batch_id": f"{rid}/{rec['batch_id']}"}
+                records = [{**rec, "batch_id": f"{rid}/{rec.get('batch_id', rec['prompt_id'])}"}
                            for rid in key for rec in self.runs[rid].records]
                 self._cache[key] = summarize(records)
         return self._cache[key]

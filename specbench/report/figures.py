@@ -146,7 +146,8 @@ def latency_stacked(frame: pd.DataFrame, ar: pd.DataFrame, target: str) -> str |
 
 def tau_histograms(frame: pd.DataFrame, colors: dict, target: str) -> str | None:
     """Share of steps committing L tokens (L = accepted + 1), one panel per method that drafts."""
-    rows = [r for r in frame.itertuples() if r.tau_histogram and max(int(k) for k in r.tau_histogram) > 1]
+    rows = [r for r in frame.itertuples()
+            if r.tau_histogram and r.tau and max(int(k) for k in r.tau_histogram) > 1]
     if not rows:
         return None
     cols = min(len(rows), 3)

@@ -368,7 +368,7 @@ def provenance_summary(df: pd.DataFrame) -> list:
     return items
 
 
-def run_provenance_items(df: pd.DataFrame, incomplete: list) -> list:
+def run_provenance_items(df: pd.DataFrame, incomplete: list, failed_cells: list[dict]) -> list:
     cols = ["run_id", "created", "git_sha", "device", "hardware", "threads", "dtype", "torch", "transformers",
             "target_fingerprint", "executor"]
     rows = [[Cell(str(getattr(r, c)) if getattr(r, c) is not None else "—") for c in cols] for r in df.itertuples()]
@@ -382,10 +382,16 @@ def run_provenance_items(df: pd.DataFrame, incomplete: list) -> list:
                               "error": r.manifest.get("error")} for r in incomplete])
         items.append(Table("incomplete", "Runs left out (not complete)", ["run", "status", "error"], rows, data,
                            "Resume them with `specbench run --resume RUN_ID` or by re-running their sweep."))
+    if failed_cells:
+        rows = [[Cell(c["run_id"]), Cell(str(c.get("attempts", "—"))), Cell(str(c.get("error")))] for c in failed_cells]
+        data = pd.DataFrame([{k: c.get(k) for k in ("run_id", "attempts", "error")} for c in failed_cells])
+        items.append(Table("failed_cells", "Sweep cells that failed", ["cell", "attempts", "error"], rows, data,
+                           "From the sweep's state file; re-running the sweep retries them."))
     return items
 
 
-def build_sections(df: pd.DataFrame, pool: agg.Pool, incomplete: list) -> tuple[list[Section], list[str]]:
+def build_sections(df: pd.DataFrame, pool: agg.Pool, incomplete: list,
+                   failed_cells: list[dict] = ()) -> tuple[list[Section], list[str]]:
     """The sections in reading order, and the alerts for the page header."""
     colors = figures.palette(df["label"])
     targets = sorted(df["target"].unique())
@@ -424,6 +430,12 @@ def build_sections(df: pd.DataFrame, pool: agg.Pool, incomplete: list) -> tuple[
     if notes:
         sections.append(Section("method-notes", "Method notes", "", notes))
     sections += list(per_target.values())
+    from specbench.spec_bench_table import spec_bench_table  # issue 13: only when spec_bench runs are present
+
+    if leaderboard := spec_bench_table(df, pool):
+        sections.append(Section("spec-bench", "Spec-Bench leaderboard", "", leaderboard))
     sections.append(Section("runs", "All runs and their provenance", "",
-                            [runs_table(df)] + run_provenance_items(df, incomplete)))
+                            [runs_table(df)] + run_provenance_items(df, incomplete, list(failed_cells))))
+    if failed_cells:
+        alerts.append(f"{len(failed_cells)} sweep cell(s) failed and are missing from the tables (see the end of the page).")
     return sections, alerts
