@@ -45,7 +45,7 @@ class SkipHeadDrafter(Drafter):
         return self.config.feature_layers
 
     def logits(self, features: torch.Tensor, next_ids: torch.Tensor) -> torch.Tensor:
-        """`features [B, T, L*H]` at `t` and ids `[B, T]` of `t + 1` -> logits `[B, T, V]` for `t + 2`."""
+        """`features [..., L*H]` at `t` and ids `[...]` of `t + 1` -> logits `[..., V]` for `t + 2`."""
         model = self.target.model
         embed = F.embedding(next_ids, model.get_input_embeddings().weight)
         x = F.dropout(torch.cat([features, embed.to(features.dtype)], -1), self.config.dropout, self.training)
@@ -54,9 +54,11 @@ class SkipHeadDrafter(Drafter):
         return F.linear(model.model.norm(h), model.get_output_embeddings().weight)
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        """Cross-entropy for `t + 2` at every position whose label is an assistant token."""
         ids, mask = batch["input_ids"], batch["loss_mask"]
-        logits = self.logits(batch["features"][:, :-2], ids[:, 1:-1])  # [B, S-2, V]
-        labels, valid = ids[:, 2:], mask[:, 2:].bool()
-        loss = F.cross_entropy(logits[valid].float(), labels[valid])
-        acc = (logits[valid].argmax(-1) == labels[valid]).float().mean()
+        valid = mask[:, 2:].bool()  # [B, S-2]: label x[t+2] is supervised
+        logits = self.logits(batch["features"][:, :-2][valid], ids[:, 1:-1][valid])  # [M, V]
+        labels = ids[:, 2:][valid]
+        loss = F.cross_entropy(logits.float(), labels)
+        acc = (logits.argmax(-1) == labels).float().mean()
         return loss, {"acc": float(acc), "supervised": int(valid.sum())}
