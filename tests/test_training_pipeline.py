@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from specbench.training.budget import TrainingRecipe
 from specbench.training.data import DataSource, encode_record, read_records
 from specbench.training.features import target_features
 from specbench.training.regen import RegenSettings, corpus_path, load_corpus, regenerate
-from specbench.training.store import resolve_drafter
+from specbench.training.store import resolve_drafter, store_path
 from specbench.training.trainer import TrainConfig, evaluate, lr_at, train
 
 SETTINGS = RegenSettings(max_new_tokens=8)
@@ -187,6 +188,12 @@ def test_drafter_auto_trains_once_then_reuses(tiny_llama, examples):
     assert json.loads(open(f"{path}/config.json").read())["training"]["budget"]["steps"] == 3
     logs.clear()
     assert resolve_drafter(SKIPHEAD, tiny_llama, "auto", train=False, recipe=RECIPE, log=logs.append) == path
+    tiny_llama.chat.system_prompt = "Be brief."  # a suite's system prompt: auto still means the standard drafter
+    try:
+        assert resolve_drafter(SKIPHEAD, tiny_llama, "auto", train=False, recipe=RECIPE) == path
+        assert store_path(tiny_llama, SkipHeadDrafter, recipe=RECIPE) != Path(path)
+    finally:
+        tiny_llama.chat.system_prompt = None
     assert resolve_drafter(SKIPHEAD, tiny_llama, "some/path") == "some/path"
     assert resolve_drafter("ar", tiny_llama, "auto") is None
 

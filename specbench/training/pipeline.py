@@ -55,6 +55,7 @@ def train_drafter(method: str | type[Drafter], target, out: str | Path, recipe: 
     cfg = recipe.train_config(cls, **(overrides or {}))
     cfg.validate()
     train_set, eval_set, data_info = training_examples(target, recipe, regen_batch_size, progress, log)
+    torch.manual_seed(recipe.seed)  # the drafter's initial weights are part of the run
     drafter = cls.for_target(target, **(options or {}))
     drafter.init_from_data(train_set)
     log(f"{cls.method or cls.__name__}: {drafter.parameter_count():,} drafter parameters; "

@@ -36,6 +36,8 @@ def store_path(target, cls: type[Drafter], options: dict | None = None,
     config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     identity = {"class": f"{cls.__module__}:{cls.__qualname__}", "config": config, "recipe": recipe.as_dict(),
                 "train_config": recipe.train_config(cls).as_dict()}
+    if target.chat.system_prompt is not None or target.chat.enable_thinking:  # not the standard rendering
+        identity["chat"] = [target.chat.system_prompt, target.chat.enable_thinking]
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = cls.method or cls.__name__.lower()
     return cache_dir() / "drafters" / target.fingerprint / f"{name}-{key}"
@@ -51,7 +53,15 @@ def resolve_drafter(method: str, target, spec: str | None, train: bool = True, o
 
         if not method_class(method).needs_drafter:
             return None  # `--drafter auto` across a sweep also reaches ar, pld...
-    cls = drafter_class(method)
+    with default_chat(target):
+        return _auto(drafter_class(method), method, target, train, options, recipe, progress, log)
+
+
+def _auto(cls, method, target, train, options, recipe, progress, log) -> str:
+    from specbench.training.data import parse_data_spec
+    from specbench.training.pipeline import train_drafter
+    from specbench.training.regen import RegenSettings, missing_prompts
+
     path = store_path(target, cls, options, recipe)
     if (path / "config.json").exists():
         log(f"--drafter auto: using {path}")
@@ -60,10 +70,6 @@ def resolve_drafter(method: str, target, spec: str | None, train: bool = True, o
     if not train:
         raise SpecbenchError(f"no cached {what} in {path.parent}; train one with `specbench train --method {method} "
                              f"--target {target.name}` or drop --no-train")
-    from specbench.training.pipeline import train_drafter
-    from specbench.training.regen import RegenSettings, missing_prompts
-    from specbench.training.data import parse_data_spec
-
     resumed = (path / "checkpoint").exists() or (path / "checkpoint.old").exists()
     expected = (f"about {recipe.budget_minutes + OVERHEAD_MINUTES:.0f} minutes" if recipe.budget_minutes
                 else f"{recipe.steps} steps")
@@ -72,9 +78,8 @@ def resolve_drafter(method: str, target, spec: str | None, train: bool = True, o
         expected += f", after generating {missing} responses of up to {recipe.max_new_tokens} tokens"
     log(f"--drafter auto: no cached {what}; {'resuming' if resumed else 'training'} one with the standard "
         f"recipe ({recipe.describe()}): expected {expected}. Pass --no-train to fail instead.")
-    with default_chat(target):
-        return str(train_drafter(cls, target, path, recipe, options=config_options(cls, options),
-                                 progress=progress, log=log))
+    return str(train_drafter(cls, target, path, recipe, options=config_options(cls, options), progress=progress,
+                             log=log))
 
 
 @contextmanager
