@@ -222,3 +222,16 @@ def test_cli_regen_and_train_end_to_end(tmp_path, examples):
         assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output, res.output
     res = runner.invoke(cli, ["train", "--method", "ar", "--steps", "1", *common])
     assert res.exit_code == 2 and "no trainable drafter" in res.output
+
+
+def test_budget_minutes_become_a_stored_step_count(tiny_llama, examples, tmp_path):
+    from specbench.training.trainer import plan_steps
+
+    cfg = TrainConfig(budget_minutes=1.0, batch_size=8, eval_every=10, eval_size=16)
+    assert plan_steps(1.0, cfg, 16) == int(60 / (1 + 2 / 3 / 10))  # eval: 2 forward-only batches every 10 steps
+    cfg = TrainConfig(budget_minutes=0.01, batch_size=2, checkpoint_every=1000)
+    logs = []
+    result = train(SkipHeadDrafter.for_target(tiny_llama), tiny_llama, examples[:4], examples[4:], cfg, tmp_path,
+                   {}, progress=False, log=logs.append)
+    planned = json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["total_steps"]
+    assert result.steps == planned >= 1 and "s per step" in logs[0]

@@ -285,8 +285,8 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
     state = {"identity": identity, "total_steps": total}
 
     seconds, tokens, supervised = 0.0, 0, 0
-    metrics: dict = {}
-    eval_metrics: dict = {}
+    metrics = history[-1]["train"] if history else {}
+    eval_metrics = history[-1]["eval"] if history else {}  # a run stopped after its last checkpoint
     bar = tqdm(total=total, initial=step, desc=f"train {drafter.method}", unit="step", disable=not progress)
     while step < total:
         t0 = time.perf_counter()
