@@ -66,6 +66,8 @@ def run_options(fn):
         click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda"),
         click.option("--dtype", default="auto", show_default=True, help="auto|float32|bfloat16"),
         click.option("--data-file", default=None, help="explicit suite data file"),
+        click.option("--category", "category", multiple=True, metavar="NAME",
+                     help="only this category of the suite (repeatable or comma-separated; e.g. spec_bench qa)"),
         click.option("--system-prompt", default=None, help="override the system prompt"),
         click.option("--enable-thinking/--no-thinking", default=False, show_default=True,
                      help="Qwen3-style thinking in the chat template"),
@@ -90,7 +92,8 @@ def config_from_options(o: dict):
         drafter=o["drafter"], no_train=o.get("no_train", False),
         data_file=o["data_file"], system_prompt=o["system_prompt"],
         enable_thinking=o["enable_thinking"], warmup=o["warmup"],
-        method_options=_parse_options(o["method_option"]))
+        method_options=_parse_options(o["method_option"]),
+        categories=[c.strip() for v in o.get("category") or () for c in v.split(",") if c.strip()] or None)
 
 
 @cli.command()
@@ -200,6 +203,46 @@ def report(run_dirs, results_dir, out, sweep_id, title):
 
     files = build_report(run_dirs, results_dir=results_dir, out=out, sweep_id=sweep_id, title=title)
     click.echo(f"report: {files.html}  (tables: {files.markdown}, {files.csv_dir}/)")
+
+
+@cli.group(name="export")
+def export_():
+    """Write stored runs in other harnesses' formats."""
+
+
+@export_.command(name="spec-bench")
+@click.argument("run_dir", metavar="RUN_DIR")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder for the two answer files")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@_friendly
+def export_spec_bench_cmd(run_dir, out_dir, results_dir):
+    """Two Spec-Bench answer files (method arm, AR arm) that Spec-Bench's speed.py reads unchanged."""
+    from specbench.spec_bench_io import export_then_paths
+
+    paths = export_then_paths(run_dir, out_dir, results_dir)
+    click.echo(f"method answers: {paths['method']}\nbaseline answers: {paths['baseline']}")
+
+
+@cli.group(name="import")
+def import_():
+    """Turn other harnesses' result files into runs in the results store."""
+
+
+@import_.command(name="spec-bench")
+@click.argument("answers", metavar="ANSWERS.jsonl")
+@click.option("--baseline", required=True, metavar="BASELINE.jsonl", help="the AR (vanilla) answer file")
+@click.option("--method", "-m", required=True, help="method name to show in reports")
+@click.option("--target", "-t", required=True, help="target name to show in reports")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="what the files were made at")
+@click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--run-id", default=None, help="name of the run directory")
+@_friendly
+def import_spec_bench_cmd(answers, baseline, method, target, temperature, results_dir, run_id):
+    """Spec-Bench answer files (e.g. from its scripts on a GPU) as an imported run."""
+    from specbench.spec_bench_io import import_spec_bench
+    from specbench.summary_table import print_summary
+
+    print_summary(import_spec_bench(answers, baseline, method, target, results_dir, run_id, temperature))
 
 
 # drafter training: `train` and `regen` live in specbench/training/commands.py

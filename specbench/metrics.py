@@ -6,6 +6,9 @@
   run, end-to-end (prefill + decode) and decode-only; 95% bootstrap CI over batches (a batch is the
   unit whose wall time is measured; at batch size 1 that is a prompt).
 * latency per step: medians of the draft / verify / other spans.
+* per category (issue 13): when records carry `meta.category`, the same τ and speedups per category
+  in `summary["per_category"]`, plus Spec-Bench's "mean accepted tokens" (the mean over all steps of
+  the tokens each step kept), which equals τ whenever a turn's kept lengths sum to new_tokens − 1.
 """
 
 from __future__ import annotations
@@ -24,11 +27,18 @@ def _turns(records, arm):
                 yield rec, t, turn
 
 
+def decode_tokens(turn: dict) -> int:
+    """Tokens committed by decode steps: new_tokens − 1 (prefill's token excluded); imported answer
+    files that cannot tell the prefill token apart state the count as `decode_tokens` (issue 13)."""
+    stated = turn.get("decode_tokens")
+    return int(stated) if stated is not None else max(turn["new_tokens"] - 1, 0)
+
+
 def tau_stats(records: list[dict], arm: str = "method") -> dict:
     tokens = forwards = 0
     hist: Counter = Counter()
     for _, _, turn in _turns(records, arm):
-        tokens += max(turn["new_tokens"] - 1, 0)
+        tokens += decode_tokens(turn)
         forwards += turn["steps"]
         hist.update(turn["accept_lengths"])
     tau = tokens / forwards if forwards else None
@@ -129,6 +139,47 @@ def _rate(values):
     return (sum(bool(v) for v in values) / len(values)) if values else None
 
 
+def kept_accept_lengths(turn: dict) -> list[int]:
+    """Tokens each step committed *and kept*: the loop stores untruncated counts, so the last step may
+    exceed what EOS or max-new-tokens let through; cut it so they sum to new_tokens − 1 (prefill's
+    token is in no step), Spec-Bench's convention (its scripts trim the last step after EOS the same way)."""
+    budget = decode_tokens(turn)
+    out = []
+    for n in turn["accept_lengths"]:
+        if budget <= 0:
+            break
+        out.append(min(n, budget))
+        budget -= out[-1]
+    return out
+
+
+def _ratio(num, den):
+    return float(num.sum() / den.sum()) if den.sum() else float("nan")
+
+
+def category_stats(records: list[dict]) -> dict:
+    """τ (with a 95% bootstrap CI over prompts), Spec-Bench's mean accepted tokens, and the speedups."""
+    method = [r for r in records if r["arm"] == "method"]
+    tokens = np.array([sum(decode_tokens(t) for t in r["turns"]) for r in method], dtype=float)
+    forwards = np.array([sum(t["steps"] for t in r["turns"]) for r in method], dtype=float)
+    kept = [n for r in method for t in r["turns"] for n in kept_accept_lengths(t)]
+    out = {"n_prompts": len(method), "tau": tau_stats(records, "method")["tau"],
+           "tau_ci95": bootstrap_ci([tokens, forwards], _ratio) if len(method) else None,
+           "mean_accepted_tokens": float(np.mean(kept)) if kept else None, "accepted_steps": len(kept)}
+    out.update(speedup_stats(records))
+    return out
+
+
+def per_category_stats(records: list[dict]) -> dict:
+    """`category_stats` for each `meta.category` (issue 13: Spec-Bench's per-task leaderboard columns)."""
+    groups: dict = defaultdict(list)
+    for rec in records:
+        category = (rec.get("meta") or {}).get("category")
+        if category is not None:
+            groups[str(category)].append(rec)
+    return {category: category_stats(recs) for category, recs in sorted(groups.items())}
+
+
 def summarize(records: list[dict]) -> dict:
     by_arm = {arm: [r for r in records if r["arm"] == arm] for arm in ("method", "baseline")}
     method = by_arm["method"]
@@ -143,4 +194,6 @@ def summarize(records: list[dict]) -> dict:
     summary["latency_ms"] = {arm: latency_stats(records, arm) for arm in ("method", "baseline")}
     summary["mean_new_tokens"] = (float(np.mean([sum(t["new_tokens"] for t in r["turns"]) for r in method]))
                                   if method else None)
+    if any((r.get("meta") or {}).get("category") is not None for r in method):
+        summary["per_category"] = per_category_stats(records)
     return summary

@@ -26,7 +26,7 @@ from specbench.methods import build_method
 from specbench.results import ResultStore, RunDir
 from specbench.sampling import SamplingConfig
 from specbench.suites import get_suite
-from specbench.suites.base import Example, select
+from specbench.suites.base import Example
 from specbench.targets import Target, load_target
 from specbench.timing import StepTimer
 
@@ -55,6 +55,8 @@ class RunConfig:
     enable_thinking: bool = False
     warmup: bool = True
     method_options: dict = field(default_factory=dict)
+    #: `--category`: only these categories of the suite (issue 13); None = all
+    categories: list[str] | None = None
     #: `--no-train`: with `--drafter auto`, fail instead of training a missing drafter (issue 5)
     no_train: bool = False
 
@@ -78,7 +80,10 @@ class RunConfig:
         keys = ("method", "suite", "target", "temperature", "top_p", "top_k", "batch_size", "depth", "limit",
                 "max_new_tokens", "seed", "device", "dtype", "drafter", "data_file", "system_prompt",
                 "enable_thinking", "method_options")
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
+        fields = {k: getattr(self, k) for k in keys}
+        if self.categories:  # only when set, so the cells of runs without it keep their hash
+            fields["categories"] = sorted(self.categories)
+        blob = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
     def default_run_id(self) -> str:
@@ -134,7 +139,10 @@ class Runner:
         method_class(config.method)
         loaded = self.suite.load(config.data_file)
         self.data_source = loaded.source
-        self.examples = select(loaded.examples, config.limit, config.seed)
+        examples = loaded.examples
+        if config.categories:
+            examples = self.suite.select_categories(examples, config.categories)
+        self.examples = self.suite.select(examples, config.limit, config.seed)
         self.target = target or load_target(config.target, config.device, config.dtype,
                                             system_prompt=config.system_prompt or self.suite.system_prompt,
                                             enable_thinking=config.enable_thinking)

@@ -12,6 +12,7 @@ SUITES = {
     "humaneval": "specbench.suites.humaneval:HumanEval",
     "mbpp": "specbench.suites.mbpp:MBPP",
     "mtbench": "specbench.suites.mtbench:MTBench",
+    "spec_bench": "specbench.suites.spec_bench:SpecBench",
 }
 
 

@@ -57,6 +57,20 @@ class Suite:
         """Quality of one arm's answer(s), one text per turn; None when the suite has no offline scorer."""
         return None
 
+    def select(self, examples: list[Example], limit: int | None, seed: int) -> list[Example]:
+        """The subset `--limit N` runs; a suite may stratify it (spec_bench spreads N over its tasks)."""
+        return select(examples, limit, seed)
+
+    def select_categories(self, examples: list[Example], categories) -> list[Example]:
+        """Examples whose `meta.category` is one of `categories` (`--category`); unknown names are refused."""
+        known = sorted({str(e.meta.get("category")) for e in examples if e.meta.get("category") is not None})
+        if not known:
+            raise SpecbenchError(f"suite {self.name} has no categories; drop --category")
+        unknown = sorted(set(categories) - set(known))
+        if unknown:
+            raise SpecbenchError(f"suite {self.name} has no category {', '.join(unknown)}; known: {', '.join(known)}")
+        return [e for e in examples if e.meta.get("category") in set(categories)]
+
     def load(self, data_file: str | None = None) -> LoadedSuite:
         if data_file:
             path = Path(data_file)
