@@ -64,6 +64,7 @@ def run_cell(config: RunConfig, run_id: str, results_dir: str | Path, progress: 
         if run_dir.path.exists() and not run_dir.manifest_path.exists():
             shutil.rmtree(run_dir.path)  # killed before its manifest was written: nothing recorded yet
         runner = Runner(config, store, progress=progress, target=target)
+        load_before = _load_average()
         if run_dir.path.exists():
             stored = run_dir.read_manifest().get("cell")
             if stored != config.cell_hash():
@@ -73,7 +74,8 @@ def run_cell(config: RunConfig, run_id: str, results_dir: str | Path, progress: 
         else:
             runner.run(run_id=run_id)
         if executor:
-            run_dir.update_manifest(executor=executor)
+            run_dir.update_manifest(executor={**executor, "cpu_count": os.cpu_count(),
+                                              "load_average_1m": [load_before, _load_average()]})
         return CellOutcome(run_id, "complete", resumed_prompts=resumed, elapsed_s=time.perf_counter() - start)
     except KeyboardInterrupt:
         raise
@@ -82,6 +84,14 @@ def run_cell(config: RunConfig, run_id: str, results_dir: str | Path, progress: 
         return CellOutcome(run_id, "failed", error=f"{type(e).__name__}: {message}".rstrip(": "),
                            traceback=None if isinstance(e, SpecbenchError) else _traceback.format_exc()[-4000:],
                            resumed_prompts=resumed, elapsed_s=time.perf_counter() - start)
+
+
+def _load_average() -> float | None:
+    """1-minute load average: timings taken while it exceeds the CPU count were contended (report warns)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _target_key(config: RunConfig) -> tuple:

@@ -7,6 +7,7 @@ import random
 import re
 import shutil
 import subprocess
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -205,6 +206,15 @@ def test_sections_without_data_say_what_to_run(tmp_path):
     html = files.html.read_text()
     assert "specbench sweep batch-size" in html and "specbench sweep temperature" in html
     assert "specbench sweep depth" in html and "no histogram to draw" in html
+
+
+def test_contended_runs_are_flagged(tmp_path):
+    """Timings taken while other processes held the cores are noisy; the page must say so."""
+    run_dir = fake_run(tmp_path, "ar")
+    run_dir.update_manifest(executor={"name": "local", "cpu_count": 2, "load_average_1m": [1.5, 7.25]})
+    html = unescape(build_report(results_dir=tmp_path, out=tmp_path / "r.html").html.read_text())
+    assert "1 of 1 runs were measured while the machine's 1-minute load average exceeded its CPU count" in html
+    assert "up to 7.2 on 2 CPUs" in html
 
 
 @pytest.mark.parametrize("args, message", [

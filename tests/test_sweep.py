@@ -219,6 +219,7 @@ def test_killed_sweep_resumes_without_recomputing_finished_cells(killed_sweep):
     for run_id, old_records in killed_sweep["partial"].items():
         manifest = json.loads((results / run_id / "manifest.json").read_text())
         assert manifest["status"] == "complete" and len(manifest["resumed"]) == 1
+        assert manifest["executor"]["name"] == "local" and len(manifest["executor"]["load_average_1m"]) == 2
         kept = _intact(old_records)
         arms = {}
         for r in kept:

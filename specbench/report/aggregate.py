@@ -151,6 +151,9 @@ def run_row(run: LoadedRun) -> dict:
         "git_sha": (git.get("sha") or "")[:10] + ("+dirty" if git.get("dirty") else ""),
         "torch": versions.get("torch"), "transformers": versions.get("transformers"),
         "created": prov.get("created"), "executor": (m.get("executor") or {}).get("name", "specbench run"),
+        "load_average": max((x for x in (m.get("executor") or {}).get("load_average_1m") or [] if x is not None),
+                            default=None),
+        "cpu_count": (m.get("executor") or {}).get("cpu_count"),
         "drafter_parameters": method.get("drafter_parameters"),
         "tokens_per_target_forward": method.get("tokens_per_target_forward"),
         "faithful": faithful, "notes": " · ".join(notes),
@@ -346,6 +349,11 @@ def cost_frame(df: pd.DataFrame, head: Headline, pool: Pool) -> pd.DataFrame:
 def provenance_warnings(df: pd.DataFrame) -> list[str]:
     """Tables that mix code versions, devices or thread counts should say so (harness_anchors.md §5.8)."""
     out = []
+    busy = df[[la is not None and la == la and cpus and la > cpus for la, cpus in zip(df["load_average"], df["cpu_count"])]]
+    if len(busy):
+        out.append(f"{len(busy)} of {len(df)} runs were measured while the machine's 1-minute load average exceeded "
+                   f"its CPU count (up to {busy['load_average'].max():.1f} on {int(busy['cpu_count'].max())} CPUs): "
+                   f"other processes competed for the cores, so their timings and speedups are noisy.")
     for target, rows in df.groupby("target"):
         for col, what in (("git_sha", "git commits"), ("device", "devices"), ("hardware", "hardware"),
                           ("dtype", "dtypes"), ("threads", "torch thread counts"), ("torch", "torch versions"),

@@ -370,10 +370,12 @@ def provenance_summary(df: pd.DataFrame) -> list:
 
 def run_provenance_items(df: pd.DataFrame, incomplete: list, failed_cells: list[dict]) -> list:
     cols = ["run_id", "created", "git_sha", "device", "hardware", "threads", "dtype", "torch", "transformers",
-            "target_fingerprint", "executor"]
-    rows = [[Cell(str(getattr(r, c)) if getattr(r, c) is not None else "—") for c in cols] for r in df.itertuples()]
+            "target_fingerprint", "executor", "load_average"]
+    rows = [[Cell(str(getattr(r, c)) if getattr(r, c) is not None and getattr(r, c) == getattr(r, c) else "—")
+             for c in cols] for r in df.itertuples()]
     items = [Table("run_provenance", "Where each run came from", ["run", "created (UTC)", "git", "device",
-                   "hardware", "threads", "dtype", "torch", "transformers", "target fingerprint", "executor"],
+                   "hardware", "threads", "dtype", "torch", "transformers", "target fingerprint", "executor",
+                   "max load (1 min)"],
                    rows, df[cols], collapsed=f"Provenance of each of the {len(df)} runs")]
     if incomplete:
         rows = [[Cell(r.run_id), Cell(str(r.manifest.get("status"))), Cell(str(r.manifest.get("error") or "—"))]
