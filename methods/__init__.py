@@ -9,6 +9,7 @@ from specbench.errors import SpecbenchError
 METHODS = {
     "ar": "specbench.methods.ar:AutoregressiveMethod",
     "dflash": "specbench.methods.dflash:DFlashMethod",
+    "pld": "specbench.methods.pld:PromptLookupMethod",
 }
 
 

@@ -138,24 +138,36 @@ class RowKVCache(Cache):
             self.lengths[b] += n
         self.pending = 0
 
-    def commit_slots(self, keep: list[list[int]]) -> None:
+    def commit_slots(self, keep, counts: torch.Tensor | None = None) -> None:
         """Keep the pending tokens with indices `keep[b]` (in order) for each row.
 
-        The kept tokens are moved to contiguous slots after the row's committed prefix, in path order
-        (the tree-path gather of issue 4). Their keys already carry the rotary phase of their depth
-        position, which equals their new slot index when `keep[b]` is a root-to-node path.
+        `keep` is a list of index lists, or a `[B, M]` tensor of which row b uses the first
+        `counts[b]` entries. The kept tokens move to contiguous slots after the row's committed
+        prefix, in path order (the tree-path gather of issue 4; eagle3_dflash.md A.3.5). Their keys
+        already carry the rotary phase of their depth position, which equals their new slot index
+        when `keep[b]` is a root-to-node path. One gather + scatter per layer for the whole batch.
         """
-        for b, idx in enumerate(keep):
-            if any(not 0 <= i < self.pending for i in idx):
-                raise ValueError(f"row {b}: pending index out of range in {idx}")
-            if list(idx) != list(range(len(idx))):
-                src = torch.tensor([self.lengths[b] + i for i in idx], device=self.device)
-                dst = self.lengths[b] + torch.arange(len(idx), device=self.device)
+        if counts is None:
+            counts = torch.tensor([len(k) for k in keep], dtype=torch.long)
+            width = int(counts.max()) if len(keep) else 0
+            keep = torch.tensor([list(k) + [0] * (width - len(k)) for k in keep], dtype=torch.long).reshape(-1, width)
+        keep, counts = keep.to(self.device), counts.to(self.device)
+        j = torch.arange(keep.shape[1], device=self.device)[None, :]
+        valid = j < counts[:, None]
+        if bool((valid & ((keep < 0) | (keep >= self.pending))).any()) or bool((counts > self.pending).any()):
+            raise ValueError(f"pending index out of range (pending {self.pending}): {keep.tolist()}")
+        lengths = torch.tensor(self.lengths, device=self.device)[:, None]
+        src = lengths + torch.where(valid, keep, j)  # [B, M]; padding copies a slot onto itself
+        dst = lengths + j
+        if not torch.equal(src, dst):
+            with torch.inference_mode():
                 for layer in self.layers:
                     if layer.is_initialized:
-                        layer.keys[b, :, dst] = layer.keys[b, :, src]
-                        layer.values[b, :, dst] = layer.values[b, :, src]
-            self.lengths[b] += len(idx)
+                        for buf in (layer.keys, layer.values):
+                            b, h, _, d = buf.shape
+                            moved = buf.gather(2, src[:, None, :, None].expand(b, h, -1, d))
+                            buf.scatter_(2, dst[:, None, :, None].expand(b, h, -1, d), moved)
+        self.lengths = [n + c for n, c in zip(self.lengths, counts.tolist())]
         self.pending = 0
 
     # -- HF Cache API used by models ---------------------------------------------------------------

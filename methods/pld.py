@@ -1,0 +1,87 @@
+"""`pld`: prompt-lookup decoding — the training-free n-gram drafter of Spec-Bench and HF.
+
+The drafter matches the last n tokens of the context (prompt + everything emitted, n from
+`max_ngram` down to `min_ngram`) against earlier occurrences and proposes the `depth` tokens that
+followed the match (HF `PromptLookupCandidateGenerator`, apoorvumang/prompt-lookup-decoding). It
+proposes deterministic tokens, so the engine verifies them with the one-hot rule: lossless at every
+temperature (DESIGN.md §5). Verification is the shared chain verifier (issue 4); the lookup is one
+vectorised pass over the batch's token history, so batches of any size cost one call.
+
+`match="first"` takes the earliest occurrence (HF, Spec-Bench); `"last"` the most recent one.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from specbench.engine import ChainSpeculativeDecoder, Proposal
+from specbench.errors import SpecbenchError
+from specbench.methods.base import Method
+
+
+def prompt_lookup(ids: torch.Tensor, lengths: torch.Tensor, depth: int, max_ngram: int = 3, min_ngram: int = 1,
+                  match: str = "first") -> Proposal:
+    """Drafts per row from the token history `ids [B, L]` (row b valid up to `lengths[b]`).
+
+    For each n (largest first) a row without a draft yet looks for its last n-gram at an earlier
+    position i whose continuation starts inside the context (i + n < length); the draft is up to
+    `depth` tokens from i + n, cut at the end of the context. Rows without a match draft nothing.
+    """
+    if match not in ("first", "last"):
+        raise ValueError(f"match must be 'first' or 'last', got {match!r}")
+    b, width = ids.shape
+    dev = ids.device
+    found = torch.zeros(b, dtype=torch.bool, device=dev)
+    start = torch.zeros(b, dtype=torch.long, device=dev)
+    for n in range(max_ngram, min_ngram - 1, -1):
+        if width < n + 1:
+            continue
+        tail = (lengths[:, None] - n + torch.arange(n, device=dev)[None, :]).clamp_min(0)  # [B, n]
+        gram = ids.gather(1, tail)
+        windows = ids.unfold(1, n, 1)  # [B, width-n+1, n]
+        pos = torch.arange(windows.shape[1], device=dev)
+        hit = (windows == gram[:, None, :]).all(-1) & (pos[None, :] + n < lengths[:, None])  # [B, width-n+1]
+        if match == "first":
+            first = hit.long().argmax(1)
+        else:
+            first = (hit.long() * (pos[None, :] + 1)).argmax(1)
+        new = hit.any(1) & ~found & (lengths >= n + 1)
+        start = torch.where(new, first + n, start)
+        found |= new
+    span = start[:, None] + torch.arange(depth, device=dev)[None, :]  # [B, depth]
+    valid = (span < lengths[:, None]) & found[:, None]
+    tokens = ids.gather(1, span.clamp(max=width - 1))
+    return Proposal(torch.where(valid, tokens, 0), valid.sum(1))
+
+
+class PromptLookupDecoder(ChainSpeculativeDecoder):
+    def __init__(self, target, sampling, generator, depth: int, max_ngram: int = 3, min_ngram: int = 1,
+                 match: str = "first"):
+        super().__init__(target, sampling, generator, depth)
+        self.max_ngram, self.min_ngram, self.match = int(max_ngram), int(min_ngram), match
+
+    def propose(self, active: torch.Tensor) -> Proposal:
+        return prompt_lookup(self.history.ids, self.history.lengths, self.depth, self.max_ngram, self.min_ngram,
+                             self.match)
+
+
+class PromptLookupMethod(Method):
+    name = "pld"
+    description = "prompt-lookup (n-gram) decoding, training-free; chain verification (HF / Spec-Bench PLD)"
+    default_depth = 7
+
+    def __init__(self, target, depth: int | None = None, **options):
+        options = {k: v for k, v in options.items() if not (k == "drafter" and v is None)}
+        unknown = set(options) - {"max_ngram", "min_ngram", "match"}
+        if unknown:
+            raise SpecbenchError(f"pld takes options max_ngram, min_ngram, match; got {sorted(unknown)}")
+        super().__init__(target, depth, **options)
+
+    def make_decoder(self, sampling, generator):
+        return PromptLookupDecoder(self.target, sampling, generator, self.depth, **self.options)
+
+    def describe(self) -> dict:
+        out = super().describe()
+        out["options"] = {"max_ngram": 3, "min_ngram": 1, "match": "first", **self.options}
+        out["tokens_per_target_forward"] = self.depth + 1
+        return out

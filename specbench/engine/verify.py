@@ -1,0 +1,120 @@
+"""Verification: one target forward over the drafts, acceptance, and the cache commit.
+
+Both verifiers follow DESIGN.md §3 ("Engine"): a method only proposes; these functions run the
+target, apply the shared acceptance rules and leave the cache holding exactly the committed tokens.
+The bonus token is returned but not written to the cache: it is the first input of the next step
+(the "last" token), just as in the AR decoder.
+
+* `verify_chain` feeds `[last, d1..dk]` per row (rows may carry fewer drafts; the padding is
+  computed and dropped) and commits `last` plus the accepted drafts with `commit_prefix`.
+* `verify_tree` feeds a flattened tree with its ancestor mask and depth positions and gathers the
+  accepted root-to-node path into contiguous slots with `commit_slots` — a crop alone is wrong for
+  trees (eagle3_dflash.md A.3.5, pitfall A.5-15).
+
+`forward` defaults to `target.forward`; a method that needs the target's hidden states (EAGLE-3,
+DFlash) passes a wrapper that captures them. Only the forward is timed as "verify"; acceptance and
+cache work count as "other" (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from specbench.engine.acceptance import accept_greedy, accept_speculative, accept_tree, accept_tree_greedy
+from specbench.engine.tree import TreeBatch
+from specbench.sampling import SamplingConfig, logits_to_probs
+
+
+@dataclass
+class Proposal:
+    """Chain drafts of a batch: `tokens [B, k]` (row b valid up to `lengths[b]`), optional draft
+    distributions `probs [B, k, V]` the tokens were sampled from (None = deterministic, one-hot)."""
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    probs: torch.Tensor | None = None
+
+    @classmethod
+    def from_lists(cls, drafts: list[list[int]], device, probs: torch.Tensor | None = None, pad_id: int = 0):
+        k = max((len(d) for d in drafts), default=0)
+        tokens = torch.full((len(drafts), k), pad_id, dtype=torch.long)
+        for b, d in enumerate(drafts):
+            tokens[b, : len(d)] = torch.tensor(d, dtype=torch.long)
+        return cls(tokens.to(device), torch.tensor([len(d) for d in drafts], device=device), probs)
+
+    @classmethod
+    def empty(cls, batch: int, device) -> "Proposal":
+        return cls(torch.zeros(batch, 0, dtype=torch.long, device=device),
+                   torch.zeros(batch, dtype=torch.long, device=device))
+
+    def only(self, active: torch.Tensor) -> "Proposal":
+        """The same drafts with rows outside `active` emptied (stopped rows verify nothing)."""
+        return Proposal(self.tokens, torch.where(active, self.lengths, 0), self.probs)
+
+
+@dataclass
+class ChainResult:
+    n_accepted: torch.Tensor  # [B]
+    bonus: torch.Tensor  # [B]
+    emitted: torch.Tensor  # [B, k+1]: accepted drafts then the bonus; row b valid up to n_accepted[b] + 1
+    logits: torch.Tensor  # [B, k+1, V] target logits at [last, d1..dk]
+
+    @property
+    def committed(self) -> list[list[int]]:
+        """Tokens emitted this step per row (accepted drafts + bonus)."""
+        return [row[: n + 1] for row, n in zip(self.emitted.tolist(), self.n_accepted.tolist())]
+
+
+@dataclass
+class TreeResult:
+    path: torch.Tensor  # [B, D+1] accepted node indices, root first, −1 beyond
+    n_accepted: torch.Tensor  # [B]
+    bonus: torch.Tensor  # [B]
+    emitted: torch.Tensor  # [B, D+1] accepted path tokens (root excluded) then the bonus
+    logits: torch.Tensor  # [B, N, V] target logits at every node
+
+    @property
+    def committed(self) -> list[list[int]]:
+        return [row[: n + 1] for row, n in zip(self.emitted.tolist(), self.n_accepted.tolist())]
+
+
+def with_bonus(tokens: torch.Tensor, n: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
+    """`tokens [B, k]` with `bonus[b]` written at column `n[b]` (one column appended): `[B, k+1]`."""
+    out = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], dim=1)
+    return out.scatter(1, n[:, None], bonus[:, None])
+
+
+def accept_chain(logits: torch.Tensor, proposal: Proposal, sampling: SamplingConfig,
+                 generator: torch.Generator | None, rule=accept_speculative):
+    """Greedy acceptance at T = 0, `rule` (speculative sampling) otherwise; `(n [B], bonus [B])`."""
+    if sampling.greedy:
+        return accept_greedy(logits.argmax(-1), proposal.tokens, proposal.lengths)
+    return rule(logits_to_probs(logits, sampling), proposal.tokens, proposal.lengths, proposal.probs, generator)
+
+
+def verify_chain(target, cache, last: torch.Tensor, proposal: Proposal, sampling: SamplingConfig,
+                 generator: torch.Generator | None, forward=None, timer=None, rule=accept_speculative) -> ChainResult:
+    """Verify `[last, d1..dk]` in one forward and commit `last` + accepted drafts per row."""
+    ids = torch.cat([last[:, None], proposal.tokens], dim=1)  # [B, k+1]
+    with timer.span("verify") if timer else nullcontext():
+        logits = (forward or target.forward)(ids, cache)  # [B, k+1, V]
+    n, bonus = accept_chain(logits, proposal, sampling, generator, rule)
+    cache.commit_prefix((n + 1).tolist())
+    return ChainResult(n, bonus, with_bonus(proposal.tokens, n, bonus), logits)
+
+
+def verify_tree(target, cache, trees: TreeBatch, sampling: SamplingConfig, generator: torch.Generator | None,
+                forward=None, timer=None) -> TreeResult:
+    """Verify a batch of trees (root = last token) and gather each row's accepted path."""
+    with timer.span("verify") if timer else nullcontext():
+        logits = (forward or target.forward)(trees.tokens, cache, intra=trees.intra, depths=trees.depths)  # [B, N, V]
+    if sampling.greedy:
+        path, n, bonus = accept_tree_greedy(logits.argmax(-1), trees)
+    else:
+        path, n, bonus = accept_tree(logits_to_probs(logits, sampling), trees, generator)
+    cache.commit_slots(path, n + 1)
+    drafted = trees.tokens.gather(1, path[:, 1:].clamp_min(0))  # [B, D], valid up to n
+    return TreeResult(path, n, bonus, with_bonus(drafted, n, bonus), logits)

@@ -1,0 +1,1 @@
+"""Test-only helpers shared by every method's tests: the lossless kit and reference drafters."""
