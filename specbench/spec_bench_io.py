@@ -96,6 +96,7 @@ def answer_line(record: dict, run_id: str, model: str, tstamp: float, config: di
                           "prompt_tokens": [t.get("prompt_tokens") for t in turns],
                           "stopped_by": [t.get("stopped_by") for t in turns],
                           "batch_spans_ms": [t.get("batch_spans_ms") for t in turns],
+                          "accept_lengths": [t["accept_lengths"] for t in turns],  # as recorded, untruncated
                           "exact_match": record.get("exact_match"), "temperature": config.get("temperature"),
                           "depth": depth,
                           "first_divergence": record.get("first_divergence")}}
@@ -253,7 +254,10 @@ def _extras(line: dict) -> dict | None:
               and all(abs(t + d - w) <= 1e-9 * max(1.0, w)
                       for t, d, w in zip(block["ttft_s"], block["decode_s"], choice["wall_time"]))
               and all(len(ids) == k for ids, k in zip(block["output_ids"], choice["new_tokens"]))
-              and isinstance(block["batch_id"], str) and isinstance(block["prompt_id"], str))
+              and isinstance(block["batch_id"], str) and isinstance(block["prompt_id"], str)
+              and len(block["accept_lengths"]) == n
+              and [x for raw, k in zip(block["accept_lengths"], choice["new_tokens"])
+                   for x in kept_accept_lengths({"new_tokens": k, "accept_lengths": raw})] == choice["accept_lengths"])
     except (KeyError, TypeError):
         return None
     return block if ok else None
@@ -275,7 +279,8 @@ def _turns_of(line: dict, extras: dict | None) -> tuple[list[dict], bool]:
             turn.update(ttft_s=extras["ttft_s"][t], decode_s=extras["decode_s"][t], output_ids=extras["output_ids"][t],
                         prompt_tokens=(extras.get("prompt_tokens") or [None] * n)[t],
                         stopped_by=(extras.get("stopped_by") or [None] * n)[t],
-                        batch_spans_ms=(extras.get("batch_spans_ms") or [None] * n)[t])
+                        batch_spans_ms=(extras.get("batch_spans_ms") or [None] * n)[t],
+                        accept_lengths=extras["accept_lengths"][t])
         else:
             # τ counts what the file's steps committed (Spec-Bench's "#Mean accepted tokens"); the file
             # cannot say which token came from prefill (metrics.tau_stats reads `decode_tokens`)
@@ -360,9 +365,10 @@ def import_spec_bench(answers_path, baseline_path, method: str, target: str, res
     summary.update({"run_id": run_id, "method": method, "suite": "spec_bench", "target": target,
                     "temperature": float(temperature), "batch_size": manifest["config"]["batch_size"], "depth": depth,
                     "imported": True,
-                    "speedup_note": ("end-to-end from wall_time (prefill + decode), ratio of sums over questions, "
-                                     "both arms counted with their own new_tokens" +
-                                     ("" if exported else "; decode-only unknown"))})
+                    "speedup_note": ("exported by specbench: decode-only excludes prefill; e2e includes it; AR "
+                                     "through the same loop" if exported else
+                                     "end-to-end from wall_time (prefill + decode), ratio of sums over questions, "
+                                     "both arms counted with their own new_tokens; decode-only unknown")})
     run_dir.write_summary(summary)
     run_dir.update_manifest(status="complete")
     return run_dir

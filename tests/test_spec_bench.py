@@ -158,7 +158,8 @@ def test_export_then_import_reproduces_the_summary_exactly(native, tmp_path):
     before, after = native.read_summary(), imported.read_summary()
     for key in SUMMARY_KEYS:
         assert after[key] == before[key], key
-    assert after["latency_ms"] == before["latency_ms"] and after["depth"] == before["depth"]
+    differ = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert differ == {"run_id", "speedup_note", "imported"}  # histograms, latency, depth: all the same
     manifest = imported.read_manifest()
     assert manifest["status"] == "complete" and manifest["imported"]["from_specbench_export"] is True
     assert manifest["imported"]["files"]["answers"]["sha256"] and manifest["config"]["method_options"] == {
