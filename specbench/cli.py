@@ -194,14 +194,14 @@ def sweep(axis_and_values, config_path, executor, address, cpus_per_cell, sweep_
 @click.argument("run_dirs", nargs=-1, metavar="[RUN_DIR...]")
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--out", default="reports/report.html", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--sweep", "sweep_id", default=None, help="only the cells of this sweep")
+@click.option("--sweep", "sweep_ids", multiple=True, metavar="SWEEP_ID", help="the cells of this sweep (repeatable)")
 @click.option("--title", default=None, help="page title")
 @_friendly
-def report(run_dirs, results_dir, out, sweep_id, title):
-    """One self-contained HTML page (plus CSV and Markdown tables) from stored runs."""
+def report(run_dirs, results_dir, out, sweep_ids, title):
+    """One self-contained HTML page (plus CSV and Markdown tables) from stored runs (default: all of them)."""
     from specbench.report import build_report
 
-    files = build_report(run_dirs, results_dir=results_dir, out=out, sweep_id=sweep_id, title=title)
+    files = build_report(run_dirs, results_dir=results_dir, out=out, sweep_ids=sweep_ids, title=title)
     click.echo(f"report: {files.html}  (tables: {files.markdown}, {files.csv_dir}/)")
 
 

@@ -13,15 +13,16 @@ from specbench.report.html import ReportFiles
 
 
 def build_report(run_refs=(), results_dir: str | Path = "results", out: str | Path = "reports/report.html",
-                 sweep_id: str | None = None, title: str | None = None) -> ReportFiles:
+                 sweep_ids=(), title: str | None = None) -> ReportFiles:
     from specbench.report import aggregate as agg
     from specbench.report.html import write_report
     from specbench.report.sections import build_sections
 
-    complete, incomplete = agg.resolve_runs(tuple(run_refs), results_dir, sweep_id)
+    sweep_ids = (sweep_ids,) if isinstance(sweep_ids, str) else tuple(sweep_ids or ())
+    complete, incomplete = agg.resolve_runs(tuple(run_refs), results_dir, sweep_ids)
     df = agg.runs_frame(complete)
     pool = agg.Pool(complete)
-    failed = agg.failed_sweep_cells(results_dir, sweep_id)
+    failed = agg.failed_sweep_cells(results_dir, sweep_ids)
     sections, alerts = build_sections(df, pool, incomplete, failed)
     targets = sorted(df["target"].unique())
     facts = [("runs", str(len(df))), ("targets", ", ".join(targets)),

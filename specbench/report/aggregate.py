@@ -52,22 +52,30 @@ class LoadedRun:
         return self._records
 
 
+def _sweep_state(results_dir: str | Path, sweep_id: str) -> dict:
+    path = Path(results_dir) / "sweeps" / f"{sweep_id}.json"
+    if not path.exists():
+        raise SpecbenchError(f"no sweep {sweep_id!r} in {results_dir} (state files live in {results_dir}/sweeps/)")
+    try:
+        state = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SpecbenchError(f"unreadable sweep state {path}: {e}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("cells"), list):
+        raise SpecbenchError(f"unreadable sweep state {path}: no list of cells")
+    return state
+
+
 def resolve_runs(refs: tuple[str, ...] | list[str], results_dir: str | Path,
-                 sweep_id: str | None = None) -> tuple[list[LoadedRun], list[LoadedRun]]:
-    """(complete runs, incomplete runs) named by RUN_DIR arguments, a sweep, or everything in the store."""
+                 sweep_ids: tuple[str, ...] | list[str] = ()) -> tuple[list[LoadedRun], list[LoadedRun]]:
+    """(complete runs, incomplete runs) named by RUN_DIR arguments and sweeps, or everything in the store."""
     store = ResultStore(results_dir)
     dirs: list[RunDir] = []
-    if sweep_id:
-        state_path = Path(results_dir) / "sweeps" / f"{sweep_id}.json"
-        if not state_path.exists():
-            raise SpecbenchError(f"no sweep {sweep_id!r} in {results_dir} (state files live in {results_dir}/sweeps/)")
-        try:
-            cells = json.loads(state_path.read_text())["cells"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise SpecbenchError(f"unreadable sweep state {state_path}: {e}") from None
-        dirs = [RunDir(store.root / c["run_id"]) for c in cells if (store.root / c["run_id"] / "manifest.json").exists()]
+    for sweep_id in sweep_ids:
+        cells = _sweep_state(results_dir, sweep_id)["cells"]
+        dirs += [RunDir(store.root / c["run_id"]) for c in cells
+                 if (store.root / c["run_id"] / "manifest.json").exists()]
     dirs += [store.open(ref) for ref in refs]
-    if not sweep_id and not refs:
+    if not sweep_ids and not refs:
         dirs = store.runs()
     seen, complete, incomplete = set(), [], []
     for run_dir in dirs:
@@ -79,17 +87,15 @@ def resolve_runs(refs: tuple[str, ...] | list[str], results_dir: str | Path,
         run = LoadedRun(run_dir, manifest, summary)
         (complete if manifest.get("status") == "complete" and summary else incomplete).append(run)
     if not complete:
-        where = f"sweep {sweep_id}" if sweep_id else ", ".join(refs) if refs else str(results_dir)
+        where = ", ".join([*(f"sweep {s}" for s in sweep_ids), *refs]) or str(results_dir)
         raise SpecbenchError(f"no complete runs in {where} (run `specbench run` or `specbench sweep` first)")
     return complete, incomplete
 
 
-def failed_sweep_cells(results_dir: str | Path, sweep_id: str | None) -> list[dict]:
+def failed_sweep_cells(results_dir: str | Path, sweep_ids) -> list[dict]:
     """Cells a sweep recorded as failed: they may have no run directory at all, so only the state knows."""
-    if not sweep_id:
-        return []
-    state = json.loads((Path(results_dir) / "sweeps" / f"{sweep_id}.json").read_text())
-    return [c for c in state.get("cells", []) if c.get("status") == "failed"]
+    return [c for sweep_id in sweep_ids for c in _sweep_state(results_dir, sweep_id)["cells"]
+            if c.get("status") == "failed"]
 
 
 # -- one row per run -------------------------------------------------------------------------------------
