@@ -117,31 +117,35 @@ class TreeOracleDrafter(TreeSpeculativeDecoder):
         b, dev = len(self.last), self.last.device
         tokens, parents = [self.last], [torch.full((b,), -1, device=dev)]
         probs = [torch.zeros(b, self.target.vocab_size, device=dev)]
-        frontier = [[]]  # paths (node indices) per frontier node, same for every row
+        frontier = [[]]  # node paths below the root (same shape in every row)
         for w in self.branching:
+            paths = torch.stack([torch.stack([tokens[i] for i in path], 1) if path else
+                                 torch.zeros(b, 0, dtype=torch.long, device=dev) for path in frontier])  # [F, B, d]
+            logits = self._logits_after(paths)  # [F, B, V]
             new_frontier = []
-            for path in frontier:
-                node = path[-1] if path else 0
-                ctx_tokens = [tokens[i] for i in path]
-                logits = self._logits_after(ctx_tokens)  # [B, V]
-                kids, q = self._children(logits, w)
+            for f, path in enumerate(frontier):
+                kids, q = self._children(logits[f], w)
                 for j in range(w):
                     tokens.append(kids[:, j])
-                    parents.append(torch.full((b,), node, device=dev))
+                    parents.append(torch.full((b,), path[-1] if path else 0, device=dev))
                     probs.append(q if q is not None else probs[0])
                     new_frontier.append(path + [len(tokens) - 1])
             frontier = new_frontier
         return TreeBatch.from_parents(torch.stack(tokens, 1), torch.stack(parents, 1),
                                       probs=torch.stack(probs, 1) if self.sampled else None)
 
-    def _logits_after(self, extra: list[torch.Tensor]) -> torch.Tensor:
+    def _logits_after(self, paths: torch.Tensor) -> torch.Tensor:
+        """Target logits after history + each path, for all frontier paths in one forward."""
+        f, b, d = paths.shape
         h = self.history
-        width = int(h.lengths.max()) + len(extra)
-        ctx = torch.nn.functional.pad(h.ids, (0, max(0, width - h.ids.shape[1])))[:, :width].clone()  # [B, width]
-        rows = torch.arange(len(self.last), device=ctx.device)
-        for i, tok in enumerate(extra):
-            ctx[rows, h.lengths + i] = tok
-        return history_logits(self.target, ctx, h.lengths + len(extra))
+        width = int(h.lengths.max()) + d
+        ctx = torch.nn.functional.pad(h.ids, (0, max(0, width - h.ids.shape[1])))[:, :width]  # [B, width]
+        ctx = ctx.repeat(f, 1)  # [F*B, width]
+        lengths = h.lengths.repeat(f)
+        rows = torch.arange(f * b, device=ctx.device)
+        for i in range(d):
+            ctx[rows, lengths + i] = paths[:, :, i].reshape(-1)
+        return history_logits(self.target, ctx, lengths + d).reshape(f, b, -1)
 
     def _children(self, logits: torch.Tensor, w: int):
         if self.sampled:

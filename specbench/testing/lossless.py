@@ -8,8 +8,9 @@
 Its decoders must keep the engine's invariant (`specbench/engine/decoder.py`): `decoder.cache` is a
 `RowKVCache` holding the prompt and every emitted token except the newest. Three checks:
 
-1. **Greedy** (`check_greedy`): at T = 0 in float32 the tokens equal the AR arm's exactly, for batch
-   1, 4 and 8 with prompts of different lengths, on tiny random Llama and Qwen3.
+1. **Greedy** (`check_greedy`): at T = 0 in float32 the tokens equal the AR arm's (decoded at batch
+   1) exactly, for the method at batch 1, 4 and 8 with prompts of different lengths, on tiny random
+   Llama and Qwen3.
 2. **Cache** (`check_cache`): after every step of a ragged batch, each row's committed K/V equals a
    fresh forward over its committed tokens, layer by layer.
 3. **Distribution** (`check_distribution`): at T > 0 the first three generated tokens after a fixed
@@ -53,7 +54,7 @@ PROMPT_TEXTS = [
     "def add(a, b):",
     "How many clips did Natalia sell altogether?",
     "Write a story about a robot who learns to paint.",
-    "the cat the cat the cat sleeps on the mat, the cat sleeps on the warm mat",
+    "the cat the cat the cat sleeps on the mat",
     "for i in range(10):\n    if i % 2 == 0:\n        yield i * i",
     "Translate the following sentence into French: the cat sleeps on the warm mat.",
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
@@ -78,26 +79,29 @@ def kit_prompts(target) -> list[list[int]]:
     return prompts
 
 
-@functools.lru_cache(maxsize=8)
-def _ar_cached(target_id: int, target, prompts: tuple, max_new_tokens: int) -> tuple:
-    from specbench.methods import build_method
-
-    ar = build_method("ar", target)
-    return tuple(tuple(_generate(ar, target, [list(p)], max_new_tokens).rows[0].tokens) for p in prompts)
+_AR_CACHE: dict = {}
 
 
 def ar_reference(target, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-    """AR greedy tokens per prompt, each decoded at batch 1 (the reference of DESIGN.md §5)."""
-    return [list(r) for r in _ar_cached(id(target), target, tuple(map(tuple, prompts)), max_new_tokens)]
+    """AR greedy tokens per prompt, each decoded at batch 1 (the reference of DESIGN.md §5); cached
+    per target object for the process."""
+    from specbench.methods import build_method
+
+    key = (id(target), tuple(map(tuple, prompts)), max_new_tokens)
+    if key not in _AR_CACHE:
+        ar = build_method("ar", target)
+        _AR_CACHE[key] = (target, [_generate(ar, target, [p], max_new_tokens).rows[0].tokens for p in prompts])
+    return [list(r) for r in _AR_CACHE[key][1]]
 
 
 def check_greedy(method, target, max_new_tokens: int = 40, batch_sizes=(1, 4, 8)) -> list:
-    """T = 0 outputs equal AR greedy exactly at every batch size; returns the batch outputs."""
+    """T = 0 outputs equal AR greedy (batch 1) exactly: the shortest and longest prompt alone, the
+    first 4 prompts together and all 8 together (ragged lengths); returns the batch outputs."""
     prompts = kit_prompts(target)
     ref = ar_reference(target, prompts, max_new_tokens)
     outs = []
     for bs in batch_sizes:
-        for start in range(0, len(prompts), bs) if bs == 1 else [0]:
+        for start in (0, len(prompts) - 1) if bs == 1 else [0]:
             out = _generate(method, target, prompts[start:start + bs], max_new_tokens)
             outs.append(out)
             for j, row in enumerate(out.rows):
