@@ -1,0 +1,722 @@
+"""`flexdraft`: attention tuning + bonus-guided calibration + flex decoding (the product's headline method).
+
+Spec: `../shared/methods/bita_mtp_flexdraft.md` Part E (+ §1.2 for the same-position convention), paper
+`../shared/methods/flexdraft_paper.txt` §4. The frozen target *is* the drafter (E.1):
+
+* **Attention tuning** (E.2, paper §4.1). From layer `s = L - N` on, `B` mask rows (one learned vector,
+  injected at the input of layer `s`) run through the target's own norms and FFN but with their own
+  trainable q/k/v/o (+ Qwen3 q/k norms), initialised from the paired target layer. Clean rows keep the
+  frozen projectors, never see mask rows, and are the only rows whose K/V enter the cache: the AR path
+  is the target, so verification is lossless. Mask slot `j` predicts the token at its own position
+  `q+1+j`; slot 0 sits at the bonus position and is never a draft (§1.2).
+* **Bonus-guided calibration** (E.2.4, E.7). `lm_head(hn) + W2 SiLU(W1 [E(bonus); hn])`, evaluated after
+  the pass with the **new** bonus (the target's token after the accepted prefix), zero-initialised
+  output layer.
+* **Flex decoding** (E.5, E.6, E.8, E.9). *parallel*: one pass verifies `[c_0..c_v]` and, in the last N
+  layers, drafts one mask group per hypothetical accepted length; the group of the real accepted length
+  is selected afterwards. *sequential* (decoupled): verify with a plain target forward, then draft only
+  the resolved branch from the clean cache. *flex*: parallel for batch <= `batch_threshold`, else
+  sequential. Selective verification (cumulative draft confidence >= `threshold`) in both modes.
+* **Training** (E.10, reconstructed): packed draft blocks, many anchors per sequence, bidirectional inside
+  a block, clean prefix up to the anchor visible, blocks mutually invisible; the efficient exact forward
+  (clean K/V once without gradients, only mask rows through the last N layers); exponentially decayed
+  block cross-entropy on raw and on calibrated draft logits (paper §4.2: calibration is trained "under an
+  additional cross entropy loss", the ground-truth token standing in for the bonus).
+
+Every deviation from the spec is listed by `FlexDraftMethod.describe()["notes"]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
+from specbench.engine.acceptance import accept_speculative
+from specbench.errors import SpecbenchError
+from specbench.methods.base import Method
+from specbench.sampling import logits_to_probs, sample
+from specbench.training.drafter import Drafter
+
+#: the paper's / release's operating point (Qwen3-8B on A100, E.2, E.6, E.9)
+PAPER_DEFAULTS = {"block_size": 16, "draft_layers": "10 of 36", "gamma": 7.0, "threshold": 0.01,
+                  "batch_threshold": 2, "calib_rank": 256}
+#: loss decay per block size (DFlash's rule, which FlexDraft follows: paper §4.1); other sizes use B / 2
+GAMMA_FOR_BLOCK = {16: 7.0, 10: 5.0, 8: 4.0}
+MODES = ("flex", "parallel", "sequential")
+#: mask rows per LM-head chunk in training (bounds the `[rows, V]` logits held at once)
+HEAD_CHUNK = 4096
+
+
+def default_draft_layers(num_layers: int) -> int:
+    """A third of the target's layers (10 of 30 for smollm2-135m; the paper uses 10 of 36)."""
+    return max(1, round(num_layers / 3))
+
+
+def default_gamma(block_size: int) -> float:
+    return GAMMA_FOR_BLOCK.get(block_size, block_size / 2)
+
+
+@dataclass
+class FlexDraftConfig:
+    """Everything needed to rebuild a drafter (saved in its config.json): the target's attention shapes
+    and the method's own sizes. `draft_layers` / `gamma` of 0 mean "the default for this target/block"."""
+
+    num_target_layers: int
+    hidden_size: int
+    vocab_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    attention_bias: bool = False
+    qk_norm: bool = False  # Qwen3: per-head RMSNorm on q and k before RoPE
+    rms_norm_eps: float = 1e-6
+    draft_layers: int = 0  # N
+    block_size: int = 16  # B: slots 0..B-1, B-1 drafts
+    gamma: float = 0.0
+    calibration: bool = True
+    calib_rank: int = 256
+    raw_loss_weight: float = 1.0  # weight of the uncalibrated block CE next to the calibrated one
+    num_anchors: int = 16  # draft blocks per training sequence
+
+    def __post_init__(self):
+        self.draft_layers = int(self.draft_layers) or default_draft_layers(self.num_target_layers)
+        self.block_size = int(self.block_size)
+        self.gamma = float(self.gamma) or default_gamma(self.block_size)
+        if not 1 <= self.draft_layers <= self.num_target_layers:
+            raise SpecbenchError(f"draft_layers must be in 1..{self.num_target_layers}, got {self.draft_layers}")
+        if self.block_size < 2:
+            raise SpecbenchError(f"flexdraft needs a block of at least 2 slots, got {self.block_size}")
+
+    @property
+    def split(self) -> int:
+        """`s = L - N`: the first layer that carries mask rows (E.2.1)."""
+        return self.num_target_layers - self.draft_layers
+
+
+# -- visibility (E.3) ----------------------------------------------------------------------------------
+
+def mask_visibility(lengths: torch.Tensor, end: int, block_ids: torch.Tensor,
+                    pending_see: torch.Tensor | None = None) -> torch.Tensor:
+    """Which keys the mask rows see in a deep layer: bool `[B, 1, M, end + M]` (True = visible).
+
+    Keys are the cache slots `0..end-1` followed by the `M` mask rows themselves. Mask row `m` of batch
+    row `b` sees the committed slots `< lengths[b]`, the pending clean tokens `j` (slot `lengths[b] + j`)
+    with `pending_see[b, m, j]` (`[B or 1, M, q]`; None = no pending tokens), and every mask row with the
+    same `block_ids[m]` (bidirectional inside a block, blocks mutually invisible). Covers all layouts:
+    parallel step (pending = candidates, block = group), sequential draft (no pending) and training
+    (nothing committed, pending = the sequence, block = anchor).
+    """
+    dev = lengths.device
+    b, m = lengths.shape[0], block_ids.shape[0]
+    slot = torch.arange(end, device=dev)
+    ctx = (slot[None, :] < lengths[:, None])[:, None, :].expand(b, m, end)  # [B, M, end]
+    if pending_see is not None:
+        q = pending_see.shape[-1]
+        rel = slot[None, :] - lengths[:, None]  # pending index of each slot, [B, end]
+        in_pending = (rel >= 0) & (rel < q)
+        idx = rel.clamp(0, max(q - 1, 0))[:, None, :].expand(b, m, end)
+        ctx = ctx | (torch.gather(pending_see.expand(b, m, q), 2, idx) & in_pending[:, None, :])
+    own = (block_ids[:, None] == block_ids[None, :]).expand(b, m, m)
+    return torch.cat([ctx, own], -1)[:, None]
+
+
+def parallel_layout(lengths: torch.Tensor, width: int, groups: int, block: int):
+    """Mask rows of a parallel step (E.5.2): group `g` <-> "c_0..c_g committed", slot `j` at position
+    `start + g + 1 + j`; it sees the cache, candidates `c_0..c_g` and its own group.
+
+    Returns `(positions [B, G*B], visibility [B, 1, G*B, start_max + width + G*B], group ids [G*B])`.
+    """
+    dev = lengths.device
+    g = torch.arange(groups, device=dev).repeat_interleave(block)  # [M]
+    j = torch.arange(block, device=dev).repeat(groups)
+    positions = lengths[:, None] + (g + 1 + j)[None, :]
+    pending_see = (torch.arange(width, device=dev)[None, :] <= g[:, None])[None]  # [1, M, width]
+    see = mask_visibility(lengths, int(lengths.max()) + width, g, pending_see)
+    return positions, see, g
+
+
+def training_layout(length: int, anchors: torch.Tensor, keep: torch.Tensor, block: int):
+    """Packed draft blocks (E.10.1): block `k` (last visible clean token `q_k = anchors[:, k]`) has slots
+    at `q_k + 1 .. q_k + B`, sees clean tokens `<= q_k` and its own block only.
+
+    `anchors, keep [N, K]`. Returns `(positions [N, K*B], visibility [N, 1, K*B, length + K*B])`.
+    """
+    n, k = anchors.shape
+    dev = anchors.device
+    positions = (anchors[..., None] + 1 + torch.arange(block, device=dev)).reshape(n, k * block)
+    see_clean = (torch.arange(length, device=dev)[None, None, :] <= anchors[..., None]) & keep[..., None]  # [N, K, S]
+    pending_see = see_clean.repeat_interleave(block, 1)  # [N, K*B, S]
+    block_ids = torch.arange(k, device=dev).repeat_interleave(block)
+    zeros = torch.zeros(n, dtype=torch.long, device=dev)
+    return positions, mask_visibility(zeros, length, block_ids, pending_see)
+
+
+def selective_length(conf: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Drafts to verify per row (E.6, paper eq. 5): `v = #{j : prod_{i<=j} conf_i >= threshold}`,
+    clamped to `1..n`; `threshold <= 0` verifies all `n`. `conf [B, n]` -> `[B]`."""
+    n = conf.shape[-1]
+    if threshold <= 0:
+        return torch.full(conf.shape[:-1], n, dtype=torch.long, device=conf.device)
+    v = (conf.double().cumprod(-1) >= threshold).long().sum(-1)  # the product never grows: a prefix
+    return v.clamp(1, n)
+
+
+# -- modules ----------------------------------------------------------------------------------------------
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE, half-rotation layout as in HF Llama/Qwen3; `x [B, h, T, d]`, `cos/sin [B, T, d]`."""
+    x1, x2 = x.chunk(2, -1)
+    return x * cos[:, None] + torch.cat([-x2, x1], -1) * sin[:, None]
+
+
+class RMSNorm(nn.Module):
+    """HF Llama/Qwen3 RMSNorm (statistics in fp32, scale in the input dtype)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.float()
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
+
+
+class DraftAttention(nn.Module):
+    """Mask-row attention of one deep layer (E.2.3): own q/k/v/o (+ q/k norms); keys/values are the
+    clean cache content followed by the mask rows' own. `copy_from` is the E.10.4 initialisation."""
+
+    def __init__(self, cfg: FlexDraftConfig):
+        super().__init__()
+        h, nh, nkv, d, bias = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.attention_bias
+        self.head_dim, self.n_heads, self.n_kv = d, nh, nkv
+        self.scaling = d ** -0.5
+        self.q_proj = nn.Linear(h, nh * d, bias=bias)
+        self.k_proj = nn.Linear(h, nkv * d, bias=bias)
+        self.v_proj = nn.Linear(h, nkv * d, bias=bias)
+        self.o_proj = nn.Linear(nh * d, h, bias=bias)
+        self.q_norm = RMSNorm(d, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(d, cfg.rms_norm_eps) if cfg.qk_norm else None
+
+    @torch.no_grad()
+    def copy_from(self, attn: nn.Module) -> None:
+        for name in ("q_proj", "k_proj", "v_proj", "o_proj", "q_norm", "k_norm"):
+            mine = getattr(self, name)
+            if mine is not None:
+                mine.load_state_dict(getattr(attn, name).state_dict())
+
+    def forward(self, h, cos, sin, ctx_k, ctx_v, see):
+        """`h [B, M, H]` (input-normed mask rows), `ctx_k/v [B, kv, T, d]`, `see [B, 1, M, T + M]` bool."""
+        b, m, _ = h.shape
+        shape = (b, m, -1, self.head_dim)
+        q, k, v = self.q_proj(h).view(shape), self.k_proj(h).view(shape), self.v_proj(h).view(shape)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, M, d]
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        keys, values = torch.cat([ctx_k, k], 2), torch.cat([ctx_v, v], 2)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=see, scale=self.scaling,
+                                             enable_gqa=self.n_heads != self.n_kv)
+        return self.o_proj(out.transpose(1, 2).reshape(b, m, -1))
+
+
+class Calibration(nn.Module):
+    """`W2 SiLU(W1 [e; hn] + b1) + b2` (E.2.4): embedding first, final-normed mask state second; the
+    output layer starts at zero so training starts from the pure attention drafter (E.10.4)."""
+
+    def __init__(self, hidden: int, rank: int, vocab: int):
+        super().__init__()
+        self.fc1 = nn.Linear(2 * hidden, rank)
+        self.fc2 = nn.Linear(rank, vocab)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, hn: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.silu(self.fc1(torch.cat([e, hn], -1))))
+
+
+class _TargetParts:
+    """The frozen target's pieces the drafter runs (held outside the module tree: never saved, never
+    trained); checks that the target is a pre-norm Llama/Qwen-style decoder the layer math fits."""
+
+    def __init__(self, target, cfg: FlexDraftConfig):
+        model = target.model
+        decoder = getattr(model, "model", None) or model.get_decoder()
+        self.layers = decoder.layers
+        self.norm = decoder.norm
+        self.rotary = decoder.rotary_emb
+        self.embed = model.get_input_embeddings()
+        self.head = model.get_output_embeddings()
+        self.dtype = target.dtype
+        if len(self.layers) != cfg.num_target_layers:
+            raise SpecbenchError(f"flexdraft drafter built for {cfg.num_target_layers} layers, target has "
+                                 f"{len(self.layers)}")
+        for i, layer in enumerate(self.layers):
+            attn = getattr(layer, "self_attn", None)
+            missing = [n for n in ("input_layernorm", "post_attention_layernorm", "mlp") if not hasattr(layer, n)]
+            missing += [n for n in ("q_proj", "k_proj", "v_proj", "o_proj") if not hasattr(attn, n)]
+            if missing:
+                raise SpecbenchError(f"flexdraft supports pre-norm Llama/Qwen-style decoders; layer {i} of "
+                                     f"{type(model).__name__} lacks {', '.join(missing)}")
+            if abs(float(getattr(attn, "scaling", cfg.head_dim ** -0.5)) - cfg.head_dim ** -0.5) > 1e-9:
+                raise SpecbenchError("flexdraft assumes attention scaling head_dim**-0.5")
+            if cfg.qk_norm != (getattr(attn, "q_norm", None) is not None):
+                raise SpecbenchError("flexdraft drafter and target disagree on q/k norms")
+
+
+class FlexDraftDrafter(Drafter):
+    """Mask vector + N draft attentions (+ calibration MLP) on top of a frozen target (E.2).
+
+    `FlexDraftDrafter.for_target(target, **options)` builds one initialised from the target (E.10.4);
+    `FlexDraftDrafter.load(path, target)` a trained one. The target's FFN, norms, rotary embedding,
+    input embedding and LM head are used through `self.t` and are not parameters of the drafter.
+    """
+
+    method = "flexdraft"
+    config_class = FlexDraftConfig
+    #: the standard CPU budget allows only tens of steps; a higher lr than the shared 1e-3 (mask vector
+    #: and calibration start from scratch)
+    training_defaults = {"lr": 2e-3}
+
+    def __init__(self, config: FlexDraftConfig):
+        super().__init__(config)
+        self.cfg = config
+        self.t: _TargetParts | None = None
+        self.mask_embedding = nn.Parameter(torch.randn(config.hidden_size) * 0.02)  # E.10.4: N(0, 0.02^2)
+        self.attn = nn.ModuleList(DraftAttention(config) for _ in range(config.draft_layers))
+        self.calibration = (Calibration(config.hidden_size, config.calib_rank, config.vocab_size)
+                            if config.calibration else None)
+
+    @classmethod
+    def default_config(cls, target, **options) -> FlexDraftConfig:
+        """Shapes from the target; `options` set `draft_layers`, `block_size`, `gamma`, `calibration`..."""
+        c = target.config
+        n_heads = c.num_attention_heads
+        attn = target.model.get_decoder().layers[0].self_attn
+        known = {f for f in FlexDraftConfig.__dataclass_fields__} - {
+            "num_target_layers", "hidden_size", "vocab_size", "num_heads", "num_kv_heads", "head_dim",
+            "attention_bias", "qk_norm", "rms_norm_eps"}
+        unknown = set(options) - known
+        if unknown:
+            raise SpecbenchError(f"flexdraft drafter options are {', '.join(sorted(known))}; got {sorted(unknown)}")
+        return FlexDraftConfig(
+            num_target_layers=c.num_hidden_layers, hidden_size=c.hidden_size, vocab_size=target.vocab_size,
+            num_heads=n_heads, num_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
+            head_dim=int(getattr(attn, "head_dim", c.hidden_size // n_heads)),
+            attention_bias=bool(getattr(c, "attention_bias", False)),
+            qk_norm=getattr(attn, "q_norm", None) is not None, rms_norm_eps=float(c.rms_norm_eps), **options)
+
+    def attach(self, target) -> "FlexDraftDrafter":
+        super().attach(target)
+        self.t = _TargetParts(target, self.cfg)
+        target.model.requires_grad_(False)  # the AR path stays frozen (E.10.4)
+        return self
+
+    def init_from_target(self) -> None:
+        """E.10.4: each draft attention starts as a copy of its paired target layer's attention."""
+        for i, attn in enumerate(self.attn):
+            attn.copy_from(self.t.layers[self.cfg.split + i].self_attn)
+
+    # -- the shared layer math -----------------------------------------------------------------------------
+    def _layer(self, l: int, xc, xm, pe_c, mask_c, pe_m, see, cache, end: int):
+        """Target layer `l` on clean rows `xc [B, q, H]` and, from layer `s` on, mask rows `xm [B, M, H]`.
+
+        Clean rows run the target's own attention module (it writes their K/V into `cache` as pending
+        tokens: exactly `Target.forward`); mask rows run `DraftAttention` over the cache slots
+        `0..end-1` of this layer, which then already hold the clean K/V of this pass. Norms and the FFN
+        are the target's, shared by both row kinds in one call (E.2.3).
+        """
+        layer = self.t.layers[l]
+        if xc is not None:
+            # positional arguments: the cache kwarg was renamed across transformers versions (§1.3)
+            xc = xc + layer.self_attn(layer.input_layernorm(xc), pe_c, mask_c, cache)[0]
+        if xm is not None:
+            kv = cache.layers[l]
+            xm = xm + self.attn[l - self.cfg.split](layer.input_layernorm(xm), *pe_m, kv.keys[:, :, :end],
+                                                    kv.values[:, :, :end], see)
+        x = xm if xc is None else xc if xm is None else torch.cat([xc, xm], 1)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+        if xc is None:
+            return None, x
+        if xm is None:
+            return x, None
+        return x[:, : xc.shape[1]], x[:, xc.shape[1]:]
+
+    def joint_forward(self, ids: torch.Tensor, cache, mask_x=None, mask_pos=None, see=None, intra=None):
+        """Clean `ids [B, q]` as pending tokens of `cache` (causal, or `intra`) through all layers, plus
+        mask rows `mask_x [B, M, H]` entering at layer `s` (positions `mask_pos [B, M]`, visibility `see`).
+
+        Returns `(logits [B, q, V], mask hidden [B, M, H] or None)`; mask hidden states are the last
+        layer's output before the final norm. Only clean K/V are written to the cache (E.2.3).
+        """
+        positions = cache.begin_write(ids.shape[1])
+        end = cache.view_end
+        mask_c = cache.attention_mask(intra, self.t.dtype)
+        x = self.t.embed(ids)
+        pe_c = self.t.rotary(x, positions)
+        pe_m = self.t.rotary(x, mask_pos) if mask_x is not None else None
+        xm = None
+        for l in range(len(self.t.layers)):
+            if l == self.cfg.split and mask_x is not None:
+                xm = mask_x
+            x, xm = self._layer(l, x, xm, pe_c, mask_c, pe_m, see, cache, end)
+        return self.t.head(self.t.norm(x)), xm
+
+    def mask_forward(self, cache, end: int, mask_x, mask_pos, see):
+        """Mask rows alone through the deep layers over cache slots `0..end-1` (read-only): the
+        sequential draft (E.8) and the efficient training forward (E.10.3)."""
+        pe_m = self.t.rotary(mask_x, mask_pos)
+        xm = mask_x
+        for l in range(self.cfg.split, len(self.t.layers)):
+            _, xm = self._layer(l, None, xm, None, None, pe_m, see, cache, end)
+        return xm
+
+    def mask_rows(self, batch: int, rows: int) -> torch.Tensor:
+        """The one learned mask vector, repeated: `[batch, rows, H]` (E.2.1)."""
+        return self.mask_embedding.expand(batch, rows, -1)
+
+    def draft_logits(self, h: torch.Tensor, bonus: torch.Tensor | None, calibrate: bool = True):
+        """Draft logits of mask states `h [B, n, H]` (pre-norm): `lm_head(hn)` plus, with calibration,
+        the bias from `[E(bonus); hn]`; `bonus [B]` or `[B, n]` (E.7)."""
+        hn = self.t.norm(h)
+        z = self.t.head(hn)
+        if calibrate and self.calibration is not None:
+            e = self.t.embed(bonus)
+            if e.dim() == 2:
+                e = e[:, None].expand_as(hn)
+            z = z + self.calibration(hn, e)
+        return z
+
+    # -- training (E.10) ----------------------------------------------------------------------------------
+    def sample_anchors(self, loss_mask: torch.Tensor, lengths: torch.Tensor, generator=None):
+        """Up to `num_anchors` distinct sorted anchors `q` per row with `x_{q+1}` and `x_{q+2}` response
+        tokens (E.10.1); `(anchors [N, K], keep [N, K])`, padded with `keep = False`."""
+        n, s = loss_mask.shape
+        lm = loss_mask.bool()
+        pos = torch.arange(s, device=lm.device)
+        ok = torch.zeros_like(lm)
+        ok[:, : s - 2] = lm[:, 1 : s - 1] & lm[:, 2:]
+        ok &= (pos[None, :] + 2) < lengths[:, None]
+        picks = []
+        for r in range(n):
+            idx = ok[r].nonzero().flatten()
+            order = torch.randperm(idx.numel(), generator=generator)[: self.cfg.num_anchors].to(idx.device)
+            picks.append(idx[order].sort().values)
+        width = max(1, max(p.numel() for p in picks))
+        anchors = torch.zeros(n, width, dtype=torch.long, device=lm.device)
+        keep = torch.zeros(n, width, dtype=torch.bool, device=lm.device)
+        for r, p in enumerate(picks):
+            anchors[r, : p.numel()] = p
+            keep[r, : p.numel()] = True
+        return anchors, keep
+
+    def clean_cache(self, input_ids: torch.Tensor):
+        """The efficient forward's first half (E.10.3): every layer's clean K/V (after k-norm and RoPE,
+        i.e. the cache content) from one causal target pass without gradients."""
+        from specbench.kv_cache import RowKVCache
+
+        n, s = input_ids.shape
+        cache = RowKVCache(n, len(self.t.layers), s, input_ids.device)
+        with torch.no_grad():
+            cache.begin_write(s)
+            mask_c = cache.attention_mask(None, self.t.dtype)
+            positions = torch.arange(s, device=input_ids.device).expand(n, s)
+            x = self.t.embed(input_ids)
+            pe_c = self.t.rotary(x, positions)
+            for l in range(len(self.t.layers)):
+                x, _ = self._layer(l, x, None, pe_c, mask_c, None, None, cache, s)
+        return cache
+
+    def packed_forward(self, input_ids, anchors, keep, cache=None):
+        """Mask hidden states `[N, K, B, H]` of all packed blocks (E.10.1 layout, E.10.3 forward)."""
+        n, s = input_ids.shape
+        bs = self.cfg.block_size
+        cache = cache if cache is not None else self.clean_cache(input_ids)
+        positions, see = training_layout(s, anchors, keep, bs)
+        h = self.mask_forward(cache, s, self.mask_rows(n, positions.shape[1]), positions, see)
+        return h.view(n, anchors.shape[1], bs, -1)
+
+    def _head_losses(self, hn, e, target, w):
+        """Weighted CE sums (raw, calibrated) and top-1 hits of one chunk of mask rows."""
+        raw = self.t.head(hn).float()
+        ce_raw = (w * F.cross_entropy(raw, target, reduction="none")).sum()
+        hit_raw = raw.argmax(-1) == target
+        if self.calibration is None:
+            return ce_raw, ce_raw, hit_raw, hit_raw
+        cal = raw + self.calibration(hn, e).float()
+        return ce_raw, (w * F.cross_entropy(cal, target, reduction="none")).sum(), hit_raw, cal.argmax(-1) == target
+
+    def loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """Decayed block cross-entropy (E.10.2): slot `j >= 1` of the block after anchor `q` predicts
+        `x_{q+1+j}` with weight `exp(-(j-1)/gamma)`; slot 0 (the bonus position) carries no loss. With
+        calibration the loss is `raw_loss_weight * CE(raw) + CE(calibrated)`, the calibration seeing the
+        ground-truth `x_{q+1}` as the bonus (paper §4.2).
+
+        `batch`: `input_ids [N, S]`, `loss_mask [N, S]` (response tokens), optional `lengths [N]`,
+        `anchors`/`anchor_keep [N, K]`.
+        """
+        ids, lm = batch["input_ids"], batch["loss_mask"].bool()
+        n, s = ids.shape
+        lengths = batch.get("lengths")
+        if lengths is None:
+            lengths = torch.full((n,), s, device=ids.device)
+        anchors, keep = batch.get("anchors"), batch.get("anchor_keep")
+        if anchors is None:
+            anchors, keep = self.sample_anchors(lm, lengths, generator)
+        bs = self.cfg.block_size
+        h = self.packed_forward(ids, anchors, keep)  # [N, K, B, H]
+        j = torch.arange(bs, device=ids.device)
+        pos = anchors[..., None] + 1 + j  # [N, K, B]
+        at = pos.clamp(max=s - 1).flatten(1)
+        labels = ids.gather(1, at).view_as(pos)
+        valid = keep[..., None] & (j >= 1) & (pos < lengths[:, None, None]) & lm.gather(1, at).view_as(pos)
+        w = torch.exp(-(j - 1).clamp_min(0).float() / self.cfg.gamma).expand_as(valid)[valid]
+        target = labels[valid]
+        bonus = ids.gather(1, (anchors + 1).clamp(max=s - 1))[..., None].expand_as(pos)[valid]  # x_{q+1}
+        hn = self.t.norm(h[valid])  # [R, H]
+        e = self.t.embed(bonus)
+        sums = [0.0, 0.0]
+        hits_raw, hits = [], []
+        for i in range(0, hn.shape[0], HEAD_CHUNK):  # big batches: LM-head chunks recomputed in backward
+            c = slice(i, i + HEAD_CHUNK)
+            if hn.shape[0] > HEAD_CHUNK:
+                ce_raw, ce_cal, hit_raw, hit = checkpoint(self._head_losses, hn[c], e[c], target[c], w[c],
+                                                          use_reentrant=False)
+            else:
+                ce_raw, ce_cal, hit_raw, hit = self._head_losses(hn[c], e[c], target[c], w[c])
+            sums = [sums[0] + ce_raw, sums[1] + ce_cal]
+            hits_raw.append(hit_raw)
+            hits.append(hit)
+        norm = w.sum().clamp_min(1e-9)
+        loss_raw, loss_cal = sums[0] / norm, sums[1] / norm
+        loss = loss_raw if self.calibration is None else self.cfg.raw_loss_weight * loss_raw + loss_cal
+        with torch.no_grad():
+            hit = torch.zeros_like(valid)
+            hit[valid] = torch.cat(hits) if hits else hit[valid]
+            chain = (hit | ~valid)[..., 1:].long().cumprod(-1).bool() & valid[..., 1:]  # accepted prefix
+            n_valid = valid.sum().clamp_min(1)
+            metrics = {"loss": float(loss), "loss_raw": float(loss_raw), "acc": float(hit.sum() / n_valid),
+                       "acc_raw": float(sum(int(x.sum()) for x in hits_raw) / n_valid),
+                       "tau_estimate": float(chain.sum() / keep.sum().clamp_min(1) + 1), "blocks": int(keep.sum())}
+        return loss, metrics
+
+    # -- save / load --------------------------------------------------------------------------------------
+    def parameter_counts(self) -> dict:
+        attn = sum(p.numel() for p in self.attn.parameters())
+        calib = sum(p.numel() for p in self.calibration.parameters()) if self.calibration is not None else 0
+        return {"attention": attn, "mask_embedding": self.mask_embedding.numel(), "calibration": calib,
+                "total": attn + calib + self.mask_embedding.numel()}
+
+
+# -- decoding (E.4 - E.9) ----------------------------------------------------------------------------------
+
+class FlexDraftDecoder(SpeculativeDecoder):
+    """Parallel, sequential or flex decoding with one shared draft state per row: the bonus `last`
+    (not yet in the cache), drafts `[B, B-1]`, their distributions (sampled drafts only) and `v`, the
+    number of drafts to verify (E.9: both modes consume the same state, so switching needs nothing).
+
+    Verification and acceptance are the engine's `verify_chain`; only the drafting differs by mode.
+    """
+
+    rule = staticmethod(accept_speculative)
+
+    def __init__(self, target, sampling, generator, drafter: FlexDraftDrafter, block: int, mode: str = "flex",
+                 calibration: bool = True, threshold: float = 0.01, batch_threshold: int = 2,
+                 draft_sampling: str = "greedy"):
+        super().__init__(target, sampling, generator, depth=block - 1)
+        self.drafter, self.block, self.mode = drafter, int(block), mode
+        self.calibration, self.threshold, self.batch_threshold = calibration, float(threshold), int(batch_threshold)
+        self.sample_drafts = draft_sampling == "sample" and not sampling.greedy
+        self.modes_used: list[str] = []
+
+    def mode_for(self, batch: int) -> str:
+        """E.9: parallel at batch <= threshold, sequential above. The batch is the tensor batch (rows
+        that stopped stay in the tensors, so they still cost)."""
+        if self.mode != "flex":
+            return self.mode
+        return "parallel" if batch <= self.batch_threshold else "sequential"
+
+    # -- drafting -------------------------------------------------------------------------------------------
+    def _set_drafts(self, h: torch.Tensor, bonus: torch.Tensor) -> None:
+        """Drafts from mask states `h [B, B-1, H]` (slots 1..B-1) calibrated with the new `bonus [B]`;
+        `v` from the calibrated confidences (E.6: calibration happens before pruning)."""
+        z = self.drafter.draft_logits(h, bonus, calibrate=self.calibration).float()  # [B, B-1, V]
+        self.v = selective_length(z.softmax(-1).amax(-1), self.threshold)  # raw-logit softmax (E.11-9)
+        if self.sample_drafts:
+            self.draft_probs = logits_to_probs(z, self.sampling)
+            self.drafts = sample(self.draft_probs, self.generator)
+        else:
+            self.draft_probs = None
+            self.drafts = z.argmax(-1)
+
+    @torch.inference_mode()
+    def _draft_sequential(self, bonus: torch.Tensor) -> None:
+        """E.8: one block of B mask rows at `start .. start+B-1` (`start` = cache length = the bonus
+        position) over the committed cache, read-only; the bonus enters only through calibration."""
+        cache, bs = self.cache, self.block
+        lengths = torch.tensor(cache.lengths, device=self.target.device)
+        end = int(lengths.max())
+        positions = lengths[:, None] + torch.arange(bs, device=lengths.device)
+        see = mask_visibility(lengths, end, torch.zeros(bs, dtype=torch.long, device=lengths.device))
+        h = self.drafter.mask_forward(cache, end, self.drafter.mask_rows(len(lengths), bs), positions, see)
+        self._set_drafts(h[:, 1:], bonus)
+
+    @torch.inference_mode()
+    def _parallel_forward(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        """E.5: verify `ids = [c_0..c_{W-1}]` and draft one group per hypothesis `g < W` in one pass;
+        keeps the groups' states `[B, G, B, H]` for the selection after acceptance."""
+        b, w = ids.shape
+        lengths = torch.tensor(cache.lengths, device=ids.device)
+        positions, see, _ = parallel_layout(lengths, w, w, self.block)
+        logits, hm = self.drafter.joint_forward(ids, cache, self.drafter.mask_rows(b, w * self.block), positions, see)
+        self._groups = hm.view(b, w, self.block, -1)
+        return logits
+
+    # -- Decoder API ------------------------------------------------------------------------------------------
+    def on_prefill(self, logits):
+        """E.4's mask block over the prompt is exactly the sequential layout with `start = n` (E.8), so
+        the prefill is the engine's (AR-identical) one followed by one sequential draft."""
+        self._draft_sequential(self.last)
+
+    def step(self, timer, active):
+        act = torch.tensor(active, device=self.target.device)
+        v = torch.where(act, self.v, torch.zeros_like(self.v))
+        w = max(1, int(v.max()))
+        probs = None if self.draft_probs is None else self.draft_probs[:, :w]
+        proposal = Proposal(self.drafts[:, :w], v, probs)
+        mode = self.mode_for(len(active))
+        self.modes_used.append(mode)
+        forward = self._parallel_forward if mode == "parallel" else None
+        result = verify_chain(self.target, self.cache, self.last, proposal, self.sampling, self.generator,
+                              forward=forward, timer=timer, rule=self.rule)
+        with timer.span("draft"), torch.inference_mode():
+            if mode == "parallel":
+                rows = torch.arange(len(active), device=act.device)
+                self._set_drafts(self._groups[rows, result.n_accepted, 1:], result.bonus)
+                self._groups = None
+            else:
+                self._draft_sequential(result.bonus)
+        return self._finish(result)
+
+
+# -- the method ------------------------------------------------------------------------------------------
+
+def _as_bool(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+class FlexDraftMethod(Method):
+    """Decode options (`-o KEY=VALUE`): `mode` flex|parallel|sequential, `calibration` (false = the
+    `--no-calibration` ablation), `threshold` (selective verification; 0 = verify all), `batch_threshold`
+    (flex switch), `draft_sampling` greedy|sample (T > 0). Drafter options (`draft_layers`, `block_size`,
+    `gamma`, `calib_rank`, ...) choose the drafter for `--drafter auto` and must match a given one."""
+
+    name = "flexdraft"
+    description = ("FlexDraft: attention-tuned last-N-layer drafting + bonus-guided calibration + flex "
+                   "(parallel/sequential) decoding with selective verification")
+    needs_drafter = True
+    default_depth = None  # the drafter's trained block size
+    drafter_class = FlexDraftDrafter
+    DECODE_OPTIONS = {"mode": "flex", "calibration": True, "threshold": 0.01, "batch_threshold": 2,
+                      "draft_sampling": "greedy"}
+    DRAFTER_OPTIONS = ("draft_layers", "block_size", "gamma", "calibration", "calib_rank", "raw_loss_weight",
+                       "num_anchors")
+
+    def __init__(self, target, depth: int | None = None, drafter=None, **options):
+        if _as_bool(options.pop("no_calibration", False)):
+            options["calibration"] = False
+        unknown = set(options) - set(self.DECODE_OPTIONS) - set(self.DRAFTER_OPTIONS)
+        if unknown:
+            raise SpecbenchError(f"flexdraft takes options {', '.join([*self.DECODE_OPTIONS, *self.DRAFTER_OPTIONS[:-1]])}"
+                                 f"; got {sorted(unknown)}")
+        opts = {**self.DECODE_OPTIONS, **{k: v for k, v in options.items() if k in self.DECODE_OPTIONS}}
+        opts["calibration"] = _as_bool(opts["calibration"])
+        opts["threshold"], opts["batch_threshold"] = float(opts["threshold"]), int(opts["batch_threshold"])
+        if opts["mode"] not in MODES:
+            raise SpecbenchError(f"flexdraft mode must be one of {', '.join(MODES)}, got {opts['mode']!r}")
+        if opts["draft_sampling"] not in ("greedy", "sample"):
+            raise SpecbenchError("flexdraft draft_sampling must be 'greedy' or 'sample'")
+        super().__init__(target, depth=depth, **options)
+        self.opts = opts
+        wanted = {k: v for k, v in options.items() if k in self.DRAFTER_OPTIONS and k != "calibration"}
+        if drafter == "auto":
+            from specbench.training.store import resolve_drafter
+
+            drafter = resolve_drafter(self.name, target, "auto", options=options)
+        if isinstance(drafter, FlexDraftDrafter):
+            self.drafter, self.drafter_path = drafter, None
+        elif drafter:
+            self.drafter, self.drafter_path = FlexDraftDrafter.load(drafter, target), str(drafter)
+        else:
+            raise SpecbenchError("flexdraft needs a trained drafter: pass --drafter PATH|auto (train one with "
+                                 "`specbench train --method flexdraft`)")
+        self.drafter.eval()
+        cfg = self.drafter.cfg
+        expected = FlexDraftDrafter.default_config(target, **wanted)
+        for key in wanted:
+            if getattr(expected, key) != getattr(cfg, key):
+                raise SpecbenchError(f"{key}={wanted[key]} but the drafter was trained with {getattr(cfg, key)}; "
+                                     "drafter options are fixed at training time")
+        if opts["calibration"] and not cfg.calibration:
+            opts["calibration"] = False  # an attention-only drafter has no calibration head
+        if self.depth is None:
+            self.depth = cfg.block_size
+        if self.depth < 2:
+            raise SpecbenchError(f"flexdraft needs --depth >= 2 (block slots), got {self.depth}")
+
+    def make_decoder(self, sampling, generator):
+        o = self.opts
+        return FlexDraftDecoder(self.target, sampling, generator, self.drafter, self.depth, mode=o["mode"],
+                                calibration=o["calibration"], threshold=o["threshold"],
+                                batch_threshold=o["batch_threshold"], draft_sampling=o["draft_sampling"])
+
+    def describe(self) -> dict:
+        cfg, o, bs = self.drafter.cfg, self.opts, self.depth
+        n_layers = cfg.num_target_layers
+        counts = self.drafter.parameter_counts()
+        parallel_extra = bs * bs * cfg.draft_layers / n_layers  # mask rows, in full-depth token equivalents
+        notes = [
+            "training is reconstructed (E.10 [recon]): packed anchors, slot 0 without loss, loss = "
+            f"{cfg.raw_loss_weight:g} * CE(raw) + CE(calibrated) (paper 4.2 'additional cross entropy loss')",
+            "sequential (decoupled) mode is reconstructed (E.8): verify with a plain target forward, then one "
+            "mask block over the committed cache; the bonus enters only through calibration",
+            "parallel mode with selective verification feeds only c_0..c_v and builds v+1 groups (E.6 [recon]); "
+            "in a batch v is the maximum over rows, rows accept up to their own v",
+            "batch > 1 with per-row acceptance and per-row cache lengths (the release is effectively batch 1)",
+            "flex switch uses the tensor batch size, fixed per batch (stopped rows stay in the tensors)",
+            "prefill = the engine's target prefill + one sequential draft, identical to E.4's fused prefill",
+            "parallel mode: drafting happens inside the verify pass (timed as verify); the post-pass LM head "
+            "and calibration of the selected group are timed as draft",
+            "T > 0: " + ("drafts sampled from the calibrated draft distribution, accepted by speculative "
+                         "sampling with q" if o["draft_sampling"] == "sample" else
+                         "greedy drafts, one-hot acceptance (release: sample-and-match, also lossless)"),
+        ]
+        if bs != cfg.block_size:
+            notes.append(f"inference block {bs} differs from the trained block {cfg.block_size}")
+        if not o["calibration"] and cfg.calibration:
+            notes.append("calibration switched off at inference (ablation): raw attention-drafter logits")
+        return {
+            "name": self.name, "depth": bs, "options": dict(o),
+            "drafter": self.drafter_path, "drafter_parameters": counts["total"], "drafter_parameter_split": counts,
+            "drafter_fraction_of_target": counts["total"] / sum(p.numel() for p in self.target.model.parameters()),
+            "tokens_per_target_forward": {
+                "parallel": {"verified": bs, "mask_rows_in_deep_layers": bs * bs,
+                             "full_depth_equivalent": round(bs + parallel_extra, 1)},
+                "sequential": {"verified": bs, "draft_pass_mask_rows_in_deep_layers": bs,
+                               "full_depth_equivalent": round(bs + bs * cfg.draft_layers / n_layers, 1)},
+                "note": "worst case (v = B-1); selective verification shrinks both"},
+            "draft_tokens_per_step": bs - 1,
+            "block_size_trained": cfg.block_size, "draft_layers": cfg.draft_layers, "split_layer": cfg.split,
+            "calibration_trained": cfg.calibration, "calib_rank": cfg.calib_rank, "gamma": cfg.gamma,
+            "paper_defaults": PAPER_DEFAULTS,
+            "faithful": False,
+            "notes": notes,
+        }
