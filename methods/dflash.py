@@ -25,25 +25,23 @@ by measurement and stated in `CPU_DEFAULTS`.
 
 from __future__ import annotations
 
-import json
 import re
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specbench.decode import Decoder
+from specbench.engine import ChainSpeculativeDecoder, Proposal
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
 from specbench.methods.base import Method
-from specbench.sampling import logits_to_probs, next_tokens, sample
+from specbench.training.drafter import Drafter
 
 PAPER_DEFAULTS = {"num_layers": 5, "block_size": 16, "gamma": 7.0, "num_anchors": 512}
 #: what wins on 2 CPU cores for smollm2-135m (see `.notes/dflash.md` for the measurement)
-CPU_DEFAULTS = {"num_layers": 2, "block_size": 8, "num_anchors": 64}
+CPU_DEFAULTS = {"num_layers": 2, "num_feature_layers": 5, "block_size": 8, "num_anchors": 64}
 #: loss decay per block size suggested with the paper (B.2.2 step 7); other sizes use B / 2
 GAMMA_FOR_BLOCK = {16: 7.0, 10: 5.0, 8: 4.0}
 
@@ -109,8 +107,6 @@ class DFlashConfig:
     mask_token: str | None
     gamma: float
     num_anchors: int
-    target_fingerprint: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def mask_source(self) -> str:
@@ -118,10 +114,13 @@ class DFlashConfig:
 
     @classmethod
     def for_target(cls, target, num_layers: int | None = None, block_size: int | None = None,
-                   num_feature_layers: int | None = None, gamma: float | None = None,
-                   num_anchors: int | None = None, mask_token: str | int | None = "auto",
-                   target_layer_ids: list[int] | None = None) -> "DFlashConfig":
-        """Draft dimensions equal the target's (B.1.2); CPU defaults unless overridden."""
+                   num_feature_layers: int | None = None, mask_token: str | int | None = "auto",
+                   **fields) -> "DFlashConfig":
+        """Draft dimensions equal the target's (B.1.2); CPU defaults unless overridden.
+
+        `mask_token`: "auto" (`choose_mask_token`), "learned", or a token id. Any other config field
+        (`gamma`, `num_anchors`, `target_layer_ids`, ...) may be given directly.
+        """
         c = target.config
         layers = num_layers or CPU_DEFAULTS["num_layers"]
         block = block_size or CPU_DEFAULTS["block_size"]
@@ -135,16 +134,23 @@ class DFlashConfig:
         else:
             mask_id = int(mask_token)
             mask_text = target.tokenizer.convert_ids_to_tokens(mask_id)
-        return cls(
+        if fields.get("target_layer_ids") is None:
+            fields["target_layer_ids"] = build_target_layer_ids(
+                c.num_hidden_layers, num_feature_layers or CPU_DEFAULTS["num_feature_layers"])
+        if fields.get("gamma") is None:
+            fields["gamma"] = default_gamma(block)
+        if fields.get("num_anchors") is None:
+            fields["num_anchors"] = CPU_DEFAULTS["num_anchors"]
+        fields.setdefault("mask_token_id", mask_id)
+        base = dict(
             target_hidden_size=c.hidden_size, hidden_size=c.hidden_size, num_heads=n_heads,
             num_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
             head_dim=getattr(c, "head_dim", None) or c.hidden_size // n_heads,
             intermediate_size=c.intermediate_size, rms_norm_eps=float(c.rms_norm_eps), rope_theta=float(theta),
-            num_layers=layers, block_size=block,
-            target_layer_ids=list(target_layer_ids or build_target_layer_ids(c.num_hidden_layers,
-                                                                             num_feature_layers or layers)),
-            mask_token_id=mask_id, mask_token=mask_text, gamma=gamma or default_gamma(block),
-            num_anchors=num_anchors or CPU_DEFAULTS["num_anchors"], target_fingerprint=target.fingerprint)
+            num_layers=layers, block_size=block, mask_token=mask_text)
+        base.update(fields)
+        base["target_layer_ids"] = [int(i) for i in base["target_layer_ids"]]
+        return cls(**base)
 
 
 # -- drafter modules -----------------------------------------------------------------------------------
@@ -227,17 +233,22 @@ class DFlashLayer(nn.Module):
         return x + self.down_proj(F.silu(self.gate_proj(hn)) * self.up_proj(hn))
 
 
-class DFlashDrafter(nn.Module):
+class DFlashDrafter(Drafter):
     """fc + hidden_norm over fused target features, `num_layers` DFlash layers, final norm (B.1).
 
     The target's embedding and LM head are used through `attach(target)` and never become parameters
     of the drafter (frozen, not saved; B.5-8). With no usable target token for MASK the drafter owns
-    one learned embedding row, `mask_embedding`.
+    one learned embedding row, `mask_embedding`. Trained by the shared trainer: the paper's optimiser
+    settings (B.2.3: lr 6e-4, warm-up 4 %, clip 1.0) on the standard data and budget.
     """
 
-    def __init__(self, cfg: DFlashConfig):
-        super().__init__()
-        self.cfg = cfg
+    method = "dflash"
+    config_class = DFlashConfig
+    training_defaults = {"lr": 6e-4, "warmup_ratio": 0.04, "grad_clip": 1.0}
+
+    def __init__(self, config: DFlashConfig):
+        super().__init__(config)
+        cfg = self.cfg = config
         n_feat = len(cfg.target_layer_ids)
         self.fc = nn.Linear(n_feat * cfg.target_hidden_size, cfg.hidden_size, bias=False)
         self.hidden_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -250,12 +261,20 @@ class DFlashDrafter(nn.Module):
             if isinstance(mod, nn.Linear):
                 nn.init.normal_(mod.weight, std=0.02)
 
+    @classmethod
+    def default_config(cls, target, **options) -> DFlashConfig:
+        return DFlashConfig.for_target(target, **options)
+
+    def feature_layers(self) -> list[int]:
+        return list(self.cfg.target_layer_ids)
+
+    def init_from_target(self) -> None:
+        self.init_mask_embedding()
+
     # -- target coupling --------------------------------------------------------------------------------
     def attach(self, target) -> "DFlashDrafter":
-        """Borrow the target's embedding and LM head (detached: frozen, B.1.3)."""
-        if self.cfg.target_fingerprint and self.cfg.target_fingerprint != target.fingerprint:
-            raise SpecbenchError(f"this dflash drafter was trained for target {self.cfg.target_fingerprint}, "
-                                 f"not {target.name} ({target.fingerprint})")
+        """Bind to the target and borrow its embedding and LM head (detached: frozen, B.1.3)."""
+        super().attach(target)
         embed = target.model.get_input_embeddings().weight.detach()
         head = target.model.get_output_embeddings().weight.detach()
         self._frozen = (embed, head)
@@ -380,36 +399,6 @@ class DFlashDrafter(nn.Module):
                        "tau_estimate": float(accepted.sum() / n_blocks + 1), "blocks": int(keep.sum())}
         return loss, metrics
 
-    # -- save / load ---------------------------------------------------------------------------------------
-    def save(self, directory: str | Path, meta: dict | None = None) -> Path:
-        from safetensors.torch import save_file
-
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, d / "model.safetensors")
-        (d / "config.json").write_text(json.dumps({"method": "dflash", **asdict(self.cfg), "meta": meta or {}},
-                                                  indent=2))
-        return d
-
-    @classmethod
-    def load(cls, directory: str | Path, target=None) -> "DFlashDrafter":
-        from safetensors.torch import load_file
-
-        d = Path(directory)
-        if not (d / "config.json").exists():
-            raise SpecbenchError(f"no dflash drafter at {d} (config.json missing)")
-        raw = json.loads((d / "config.json").read_text())
-        if raw.get("method", "dflash") != "dflash":
-            raise SpecbenchError(f"{d} holds a {raw['method']!r} drafter, not dflash")
-        raw.pop("method", None)
-        raw.pop("meta", None)
-        drafter = cls(DFlashConfig(**raw))
-        drafter.load_state_dict(load_file(d / "model.safetensors"))
-        if target is not None:
-            drafter.attach(target)
-            drafter.to(target.device, target.dtype)
-        return drafter
-
 
 # -- feature capture ------------------------------------------------------------------------------------
 
@@ -443,120 +432,81 @@ def fused(got: dict, layer_ids: list[int]) -> torch.Tensor:
 
 # -- decoding (B.3) ---------------------------------------------------------------------------------------
 
-def accept_one_hot(drafts: torch.Tensor, logits: torch.Tensor, sampling, generator):
-    """Accepted draft count and bonus per row for deterministic (greedy) drafts (B.3, B.5-10).
+class DFlashDecoder(ChainSpeculativeDecoder):
+    """The B.3 loop on the engine: one non-causal draft pass, one chain verification per step.
 
-    The target's own token at every chain position (argmax at T = 0, a sample of the processed
-    distribution otherwise); a draft is kept while it equals that token. This is speculative sampling
-    with a one-hot proposal: the first mismatching target token is an exact residual sample.
-    `drafts [B, k]`, `logits [B, k+1, V]` -> `(accepted [B], bonus [B])`.
-    """
-    if sampling.greedy:
-        post = logits.argmax(-1)
-    else:
-        post = sample(logits_to_probs(logits, sampling), generator)
-    match = (drafts == post[:, :-1]).long()
-    accepted = match.cumprod(-1).sum(-1)
-    bonus = post.gather(1, accepted[:, None]).squeeze(1)
-    return accepted, bonus
-
-
-class DFlashDecoder(Decoder):
-    """The B.3 loop with per-row lengths: one draft pass, one chain verification per step.
-
-    State per row `b`: `start[b]` = target cache length = position of the bonus (not yet verified);
-    the draft cache holds context K/V of positions `< drafted_ctx[b]`, and `pending` holds the target
-    features of positions `drafted_ctx[b] .. start[b]-1` (committed, not yet projected). After every
-    draft call `drafted_ctx == start`: the cache holds exactly the committed context (B.3).
+    The engine verifies `[bonus, d1..d_{B-1}]`, accepts with the one-hot rule (drafts are greedy at
+    every temperature, B.5-10), commits per row and keeps `self.last` (the bonus, not yet in the target
+    cache). This class only drafts and keeps the draft cache in sync. Per row `b`, with
+    `start[b]` = target cache length = position of the bonus: the draft cache holds context K/V of
+    positions `< draft_cache.lengths[b]`, and `pending` the target features of positions
+    `draft_cache.lengths[b] .. start[b]-1` (committed, not yet projected). Every draft call first
+    projects `pending`, so during drafting the cache holds exactly positions `0 .. start-1` (B.3).
     """
 
     def __init__(self, target, sampling, generator, drafter: DFlashDrafter, block_size: int):
-        super().__init__(target, sampling, generator)
+        super().__init__(target, sampling, generator, depth=block_size - 1)
         self.drafter = drafter
         self.block = block_size
-        self.max_step_tokens = block_size
 
-    # -- helpers -----------------------------------------------------------------------------------------
+    def forward(self, ids, cache, **kwargs):
+        """Target forward that also catches the features of `target_layer_ids` (B.1.1)."""
+        layer_ids = self.drafter.cfg.target_layer_ids
+        with capture_features(self.target, layer_ids) as got:
+            logits = self.target.forward(ids, cache, **kwargs)
+        self.features = fused(got, layer_ids)  # [B, q, L*H_t]
+        return logits
+
+    def on_prefill(self, logits):
+        """Project the prompt's context into a fresh draft cache: the draft prefill of B.4."""
+        lengths = list(self.cache.lengths)
+        self.draft_cache = RowKVCache(len(lengths), self.drafter.cfg.num_layers, self.cache.capacity,
+                                      self.target.device)
+        with torch.inference_mode():
+            self._extend_context(self.features, lengths)
+        self.pending, self.pending_counts = self.features[:, :0], [0] * len(lengths)
+
+    def on_commit(self, result):
+        """Keep the verify-pass features of the committed block positions only (B.5-5)."""
+        counts = (result.n_accepted + 1).tolist()
+        self.pending, self.pending_counts = self.features[:, : max(counts)], counts
+
+    def propose(self, active):
+        if self.depth < 1:
+            return Proposal.empty(len(active), self.target.device)
+        drafts = self._draft()
+        return Proposal(drafts, torch.full((len(active),), self.depth, device=drafts.device))
+
     def _extend_context(self, pending: torch.Tensor, counts: list[int]):
         """Project new committed features into the draft cache; returns per-layer K/V views.
 
         `pending [B, P, L*H_t]` (row `b` valid for `j < counts[b]`) sits at positions
-        `len[b] .. len[b] + counts[b] - 1`; block K/V never enter the cache (B.5-4).
+        `len[b] .. len[b] + counts[b] - 1`. Block K/V never enter the cache, which is the same as
+        writing them and cropping after every draft call (B.5-4).
         """
         cache = self.draft_cache
-        p = pending.shape[1]
-        positions = cache.begin_write(p)  # [B, P]
+        positions = cache.begin_write(pending.shape[1])  # [B, P]
         ctx = self.drafter.fuse(pending)
         cos, sin = rotary(positions, self.drafter.cfg.head_dim, self.drafter.cfg.rope_theta, ctx.dtype)
-        views = []
-        for i, layer in enumerate(self.drafter.layers):
-            k, v = layer.context_kv(ctx, cos, sin)
-            views.append(cache.layers[i].update(k, v))
+        views = [cache.layers[i].update(*layer.context_kv(ctx, cos, sin)) for i, layer in enumerate(self.drafter.layers)]
         cache.commit_prefix(counts)
         return views
 
     @torch.inference_mode()
     def _draft(self) -> torch.Tensor:
         """Greedy drafts `[B, block-1]` for positions `start+1 ..` from one non-causal pass (B.3)."""
-        drafter, bs = self.drafter, self.block
+        drafter, bs, dev = self.drafter, self.block, self.target.device
         views = self._extend_context(self.pending, self.pending_counts)
-        dev = self.target.device
-        ctx_len = torch.tensor(self.draft_cache.lengths, device=dev)  # == start
+        self.pending, self.pending_counts = self.pending[:, :0], [0] * len(self.pending_counts)
+        start = torch.tensor(self.draft_cache.lengths, device=dev)  # [B]
         end = views[0][0].shape[2]
-        see_ctx = torch.arange(end, device=dev)[None, :] < ctx_len[:, None]  # [B, end]
+        see_ctx = torch.arange(end, device=dev)[None, :] < start[:, None]  # [B, end]
         mask = torch.cat([see_ctx[:, None, :].expand(-1, bs, -1),
-                          torch.ones(len(ctx_len), bs, bs, dtype=torch.bool, device=dev)], -1)[:, None]
-        positions = ctx_len[:, None] + torch.arange(bs, device=dev)  # [B, bs]
-        x = drafter.embed_block(self.bonus, bs)  # [B, bs, H]
-        h = drafter.run_layers(x, views, positions, mask)
+                          torch.ones(len(start), bs, bs, dtype=torch.bool, device=dev)], -1)[:, None]  # [B, 1, bs, end+bs]
+        positions = start[:, None] + torch.arange(bs, device=dev)  # [B, bs]
+        h = drafter.run_layers(drafter.embed_block(self.last, bs), views, positions, mask)
         self.last_draft_hidden = h
         return drafter.logits(h[:, 1:]).argmax(-1)
-
-    def _verify(self, chain: torch.Tensor):
-        ids = self.drafter.cfg.target_layer_ids
-        with capture_features(self.target, ids) as got:
-            logits = self.target.forward(chain, self.cache)
-        return logits, fused(got, ids)
-
-    # -- Decoder API -----------------------------------------------------------------------------------
-    def prefill(self, prompts, capacity):
-        target = self.target
-        lengths = [len(p) for p in prompts]
-        width = max(lengths)
-        pad = target.tokenizer.pad_token_id or 0
-        ids = torch.tensor([p + [pad] * (width - len(p)) for p in prompts], device=target.device)
-        self.cache = target.new_cache(len(prompts), capacity)
-        logits, feats = self._verify(ids)  # [B, width, V], [B, width, L*H_t]
-        self.cache.commit_prefix(lengths)
-        last = torch.tensor(lengths, device=target.device) - 1
-        row_logits = logits[torch.arange(len(prompts), device=target.device), last]  # [B, V]
-        self.bonus = next_tokens(row_logits, self.sampling, self.generator)
-        self.draft_cache = RowKVCache(len(prompts), self.drafter.cfg.num_layers, capacity, target.device)
-        with torch.inference_mode():
-            self._extend_context(feats, lengths)  # the draft prefill, excluded from decode time (B.4)
-        self.pending = feats[:, :0]
-        self.pending_counts = [0] * len(prompts)
-        return self.bonus.tolist()
-
-    def step(self, timer, active):
-        if self.block < 2:
-            with timer.span("verify"):
-                logits, feats = self._verify(self.bonus[:, None])
-            drafts = self.bonus[:, :0]
-        else:
-            with timer.span("draft"):
-                drafts = self._draft()  # [B, bs-1]
-            chain = torch.cat([self.bonus[:, None], drafts], 1)  # [B, bs]
-            with timer.span("verify"):
-                logits, feats = self._verify(chain)
-        accepted, bonus = accept_one_hot(drafts, logits, self.sampling, self.generator)
-        counts = (accepted + 1).tolist()
-        self.cache.commit_prefix(counts)
-        self.pending = feats[:, : max(counts)]  # features of the committed block positions only (B.5-5)
-        self.pending_counts = counts
-        committed = [drafts[b, : a].tolist() + [t] for b, (a, t) in enumerate(zip(accepted.tolist(), bonus.tolist()))]
-        self.bonus = bonus
-        return committed
 
 
 # -- the method ---------------------------------------------------------------------------------------------
@@ -565,17 +515,28 @@ class DFlashMethod(Method):
     name = "dflash"
     description = "DFlash: block-diffusion drafter on fused target features (KV injection), one pass per block"
     needs_drafter = True
+    drafter_class = DFlashDrafter
     default_depth = None  # the drafter's trained block size
 
     def __init__(self, target, depth=None, drafter=None, **options):
+        """`options` are drafter config fields (they key `--drafter auto`); a loaded drafter must match."""
         super().__init__(target, depth=depth, **options)
         if isinstance(drafter, DFlashDrafter):
             self.drafter = drafter.attach(target)
         elif drafter:
             self.drafter = DFlashDrafter.load(drafter, target)
         else:
-            raise SpecbenchError("dflash needs a trained drafter: pass --drafter PATH (train one with "
-                                 "`specbench train --method dflash`)")
+            raise SpecbenchError("dflash needs a trained drafter: --drafter PATH or --drafter auto (or train one "
+                                 "with `specbench train --method dflash`)")
+        fields = set(DFlashConfig.__dataclass_fields__)
+        unknown = set(options) - fields
+        if unknown:
+            raise SpecbenchError(f"dflash options are drafter config fields ({', '.join(sorted(fields))}); "
+                                 f"got {', '.join(sorted(unknown))}")
+        clash = {k: v for k, v in options.items() if k in DFlashConfig.__dataclass_fields__
+                 and getattr(self.drafter.cfg, k) != v}
+        if clash:
+            raise SpecbenchError(f"the dflash drafter was trained with a different {', '.join(sorted(clash))}")
         self.drafter.eval()
         self.drafter_path = drafter if isinstance(drafter, str) else None
         if self.depth is None:

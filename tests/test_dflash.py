@@ -9,6 +9,7 @@ from specbench.methods import build_method
 from specbench.methods.dflash import (DFlashConfig, DFlashDecoder, DFlashDrafter, DFlashMethod,
                                       build_target_layer_ids, capture_features, choose_mask_token, fused, rotary)
 from specbench.sampling import SamplingConfig
+from specbench.testing.lossless import assert_lossless
 from specbench.timing import StepTimer
 
 QUESTIONS = ["How many clips did Natalia sell altogether?", "def add(a, b):", "Write a story about a robot.",
@@ -17,7 +18,8 @@ QUESTIONS = ["How many clips did Natalia sell altogether?", "def add(a, b):", "W
 
 def make_drafter(target, layers=2, block=5, std=0.2, seed=0, **kw):
     """A random drafter with weights large enough that layout mistakes change its outputs."""
-    cfg = DFlashConfig.for_target(target, num_layers=layers, block_size=block, target_layer_ids=[0, 2], **kw)
+    cfg = DFlashConfig.for_target(target, num_layers=layers, block_size=block,
+                                  target_layer_ids=[0, target.num_layers // 2], **kw)
     torch.manual_seed(seed)
     drafter = DFlashDrafter(cfg).attach(target)
     for p in drafter.parameters():
@@ -94,16 +96,9 @@ def test_mask_token_choice(tiny_llama, tiny_qwen3):
     assert "mask_embedding" not in dict(make_drafter(tiny_llama).named_parameters())
 
 
-@pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen3"])
-def test_greedy_equals_ar_batch_1_and_4(name, request):
-    target = request.getfixturevalue(name)
-    prompts = prompts_for(target, 4)
-    method = DFlashMethod(target, drafter=make_drafter(target))
-    ar = build_method("ar", target)
-    ref = run(ar, target, prompts)[0]
-    out = run(method, target, prompts)[0]
-    assert [r.tokens for r in out.rows] == [r.tokens for r in ref.rows]
-    assert run(method, target, prompts[:1])[0].rows[0].tokens == ref.rows[0].tokens
+def test_lossless_kit():
+    """T = 0 equals AR (batch 1, 4, 8; tiny Llama and Qwen3), target cache exact, T > 0 distribution."""
+    assert_lossless(lambda target: DFlashMethod(target, drafter=make_drafter(target)))
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen3"])
