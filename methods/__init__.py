@@ -9,6 +9,7 @@ from specbench.errors import SpecbenchError
 METHODS = {
     "ar": "specbench.methods.ar:AutoregressiveMethod",
     "dflash": "specbench.methods.dflash:DFlashMethod",
+    "eagle3": "specbench.methods.eagle3:Eagle3Method",
     "flexdraft": "specbench.methods.flexdraft:FlexDraftMethod",
     "pld": "specbench.methods.pld:PromptLookupMethod",
 }
