@@ -9,7 +9,7 @@ from specbench.methods import build_method
 from specbench.methods.dflash import (DFlashConfig, DFlashDecoder, DFlashDrafter, DFlashMethod,
                                       build_target_layer_ids, capture_features, choose_mask_token, fused, rotary)
 from specbench.sampling import SamplingConfig
-from specbench.testing.lossless import assert_lossless
+from specbench.testing.lossless import assert_lossless, check_cache
 from specbench.timing import StepTimer
 
 QUESTIONS = ["How many clips did Natalia sell altogether?", "def add(a, b):", "Write a story about a robot.",
@@ -96,9 +96,13 @@ def test_mask_token_choice(tiny_llama, tiny_qwen3):
     assert "mask_embedding" not in dict(make_drafter(tiny_llama).named_parameters())
 
 
-def test_lossless_kit():
-    """T = 0 equals AR (batch 1, 4, 8; tiny Llama and Qwen3), target cache exact, T > 0 distribution."""
+def test_lossless_kit(tiny_llama, tiny_qwen3):
+    """T = 0 equals AR (batch 1, 4, 8; tiny Llama and Qwen3), target cache exact, T > 0 distribution;
+    plus the target-cache check at T > 0 with a ragged batch of 4 on both families."""
     assert_lossless(lambda target: DFlashMethod(target, drafter=make_drafter(target)))
+    for target in (tiny_llama, tiny_qwen3):
+        check_cache(DFlashMethod(target, drafter=make_drafter(target)), target, steps=6, batch_size=4,
+                    sampling=SamplingConfig(temperature=1.0))
 
 
 @pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen3"])
