@@ -26,7 +26,6 @@ by measurement and stated in `CPU_DEFAULTS`.
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +37,7 @@ from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
 from specbench.methods.base import Method
 from specbench.training.drafter import Drafter
+from specbench.training.features import capture_layers
 
 PAPER_DEFAULTS = {"num_layers": 5, "block_size": 16, "gamma": 7.0, "num_anchors": 512}
 #: what wins on 2 CPU cores for smollm2-135m (see `.notes/dflash.md` for the measurement)
@@ -141,7 +141,10 @@ class DFlashConfig:
             fields["gamma"] = default_gamma(block)
         if fields.get("num_anchors") is None:
             fields["num_anchors"] = CPU_DEFAULTS["num_anchors"]
-        fields.setdefault("mask_token_id", mask_id)
+        if fields.get("mask_token_id") is not None:
+            mask_id = int(fields["mask_token_id"])
+            mask_text = target.tokenizer.convert_ids_to_tokens(mask_id) if mask_id < len(target.tokenizer) else None
+        fields["mask_token_id"] = mask_id
         base = dict(
             target_hidden_size=c.hidden_size, hidden_size=c.hidden_size, num_heads=n_heads,
             num_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
@@ -402,29 +405,6 @@ class DFlashDrafter(Drafter):
 
 # -- feature capture ------------------------------------------------------------------------------------
 
-@contextmanager
-def capture_features(target, layer_ids: list[int]):
-    """Outputs of target layers `layer_ids` (HF `hidden_states[id + 1]`, B.5-6), caught by forward hooks.
-
-    Yields a dict `{layer id: [B, q, H_t]}` filled by the forward run inside the block; `fused` turns it
-    into `C_raw`. Hooks live only inside the block, so other arms sharing the target are untouched.
-    """
-    layers = target.model.model.layers
-    got: dict[int, torch.Tensor] = {}
-
-    def hook(i):
-        def fn(_module, _args, output):
-            got[i] = output[0] if isinstance(output, tuple) else output
-        return fn
-
-    handles = [layers[i].register_forward_hook(hook(i)) for i in sorted(set(layer_ids))]
-    try:
-        yield got
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def fused(got: dict, layer_ids: list[int]) -> torch.Tensor:
     """`C_raw [B, q, L*H_t]`: captured layers concatenated in `target_layer_ids` order (B.1.1)."""
     return torch.cat([got[i] for i in layer_ids], -1)
@@ -452,7 +432,7 @@ class DFlashDecoder(ChainSpeculativeDecoder):
     def forward(self, ids, cache, **kwargs):
         """Target forward that also catches the features of `target_layer_ids` (B.1.1)."""
         layer_ids = self.drafter.cfg.target_layer_ids
-        with capture_features(self.target, layer_ids) as got:
+        with capture_layers(self.target.model, layer_ids) as got:
             logits = self.target.forward(ids, cache, **kwargs)
         self.features = fused(got, layer_ids)  # [B, q, L*H_t]
         return logits
@@ -534,7 +514,7 @@ class DFlashMethod(Method):
             raise SpecbenchError(f"dflash options are drafter config fields ({', '.join(sorted(fields))}); "
                                  f"got {', '.join(sorted(unknown))}")
         clash = {k: v for k, v in options.items() if k in DFlashConfig.__dataclass_fields__
-                 and getattr(self.drafter.cfg, k) != v}
+                 and k != "mask_token" and getattr(self.drafter.cfg, k) != v}
         if clash:
             raise SpecbenchError(f"the dflash drafter was trained with a different {', '.join(sorted(clash))}")
         self.drafter.eval()

@@ -7,10 +7,11 @@ from torch import nn
 from specbench.decode import generate
 from specbench.methods import build_method
 from specbench.methods.dflash import (DFlashConfig, DFlashDecoder, DFlashDrafter, DFlashMethod,
-                                      build_target_layer_ids, capture_features, choose_mask_token, fused, rotary)
+                                      build_target_layer_ids, choose_mask_token, fused, rotary)
 from specbench.sampling import SamplingConfig
 from specbench.testing.lossless import assert_lossless, check_cache
 from specbench.timing import StepTimer
+from specbench.training.features import capture_layers
 
 QUESTIONS = ["How many clips did Natalia sell altogether?", "def add(a, b):", "Write a story about a robot.",
              "Translate: the cat sleeps on the warm mat, and then it wakes up and eats."]
@@ -127,7 +128,7 @@ def test_draft_cache_holds_exactly_the_committed_context(name, request):
             assert dec.cache.lengths[b] == len(committed)
             assert dec.draft_cache.lengths[b] + dec.pending_counts[b] == len(committed)
             ids = drafter.cfg.target_layer_ids
-            with torch.no_grad(), capture_features(target, ids) as got:
+            with torch.no_grad(), capture_layers(target.model, ids) as got:
                 target.model(input_ids=torch.tensor([committed]))
             feats = fused(got, ids)  # [1, n, L*H_t]
             n = dec.draft_cache.lengths[b]
@@ -168,7 +169,7 @@ def test_training_and_inference_layouts_agree(name, request):
         seq = prompt + outputs[b]  # committed tokens, the bonus last
         p = len(seq) - 1
         ids = drafter.cfg.target_layer_ids
-        with torch.no_grad(), capture_features(target, ids) as got:
+        with torch.no_grad(), capture_layers(target.model, ids) as got:
             target.model(input_ids=torch.tensor([seq]))
         # extra anchors before p (and a padding slot) must not leak into block p
         anchors = torch.tensor([[p - 7, p - 3, p, 0]])
@@ -191,7 +192,7 @@ def test_training_loss_goes_down_and_labels_are_same_position(tiny_llama):
     for b, (p, s) in enumerate(zip(prompts, seqs)):
         lm[b, len(p): len(s)] = 1
     drafter = make_drafter(target, block=4, std=0.02, num_anchors=8).train()
-    with torch.no_grad(), capture_features(target, drafter.cfg.target_layer_ids) as got:
+    with torch.no_grad(), capture_layers(target.model, drafter.cfg.target_layer_ids) as got:
         target.model(input_ids=ids)
     batch = {"input_ids": ids, "loss_mask": lm, "features": fused(got, drafter.cfg.target_layer_ids),
              "lengths": torch.tensor([len(s) for s in seqs])}
