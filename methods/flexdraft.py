@@ -682,7 +682,6 @@ class FlexDraftMethod(Method):
         cfg, o, bs = self.drafter.cfg, self.opts, self.depth
         n_layers = cfg.num_target_layers
         counts = self.drafter.parameter_counts()
-        parallel_extra = bs * bs * cfg.draft_layers / n_layers  # mask rows, in full-depth token equivalents
         notes = [
             "training is reconstructed (E.10 [recon]): packed anchors, slot 0 without loss, loss = "
             f"{cfg.raw_loss_weight:g} * CE(raw) + CE(calibrated) (paper 4.2 'additional cross entropy loss')",
@@ -703,19 +702,24 @@ class FlexDraftMethod(Method):
             notes.append(f"inference block {bs} differs from the trained block {cfg.block_size}")
         if not o["calibration"] and cfg.calibration:
             notes.append("calibration switched off at inference (ablation): raw attention-drafter logits")
+        n_ratio = cfg.draft_layers / n_layers  # a deep-layer-only row costs this fraction of a full token
+        per_forward = {"parallel": bs + bs * bs * n_ratio, "sequential": bs + bs * n_ratio}
+        batch1 = "parallel" if o["mode"] == "parallel" or (o["mode"] == "flex" and o["batch_threshold"] >= 1) \
+            else "sequential"
         return {
             "name": self.name, "depth": bs, "options": dict(o),
-            "drafter": self.drafter_path, "drafter_parameters": counts["total"], "drafter_parameter_split": counts,
-            "drafter_fraction_of_target": counts["total"] / sum(p.numel() for p in self.target.model.parameters()),
-            "tokens_per_target_forward": {
-                "parallel": {"verified": bs, "mask_rows_in_deep_layers": bs * bs,
-                             "full_depth_equivalent": round(bs + parallel_extra, 1)},
-                "sequential": {"verified": bs, "draft_pass_mask_rows_in_deep_layers": bs,
-                               "full_depth_equivalent": round(bs + bs * cfg.draft_layers / n_layers, 1)},
-                "note": "worst case (v = B-1); selective verification shrinks both"},
-            "draft_tokens_per_step": bs - 1,
-            "block_size_trained": cfg.block_size, "draft_layers": cfg.draft_layers, "split_layer": cfg.split,
-            "calibration_trained": cfg.calibration, "calib_rank": cfg.calib_rank, "gamma": cfg.gamma,
+            "drafter": self.drafter_path, "drafter_parameters": counts["total"],
+            # full-depth token equivalents per step at batch 1 without pruning (verified + mask rows)
+            "tokens_per_target_forward": round(per_forward[batch1], 1),
+            "mask_rows_per_pass": bs * bs if batch1 == "parallel" else bs,
+            "draft_layers": cfg.draft_layers,
+            "cost_detail": {"parameter_split": counts,
+                            "fraction_of_target": counts["total"] / sum(p.numel() for p in self.target.model.parameters()),
+                            "full_depth_tokens_per_step": {k: round(v, 1) for k, v in per_forward.items()},
+                            "note": "worst case v = B-1; selective verification shrinks both modes"},
+            "drafter_config": {"block_size": cfg.block_size, "draft_layers": cfg.draft_layers, "split_layer": cfg.split,
+                               "calibration": cfg.calibration, "calib_rank": cfg.calib_rank, "gamma": cfg.gamma,
+                               "raw_loss_weight": cfg.raw_loss_weight, "num_anchors": cfg.num_anchors},
             "paper_defaults": PAPER_DEFAULTS,
             "faithful": False,
             "notes": notes,

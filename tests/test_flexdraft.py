@@ -330,7 +330,8 @@ def test_options_and_describe():
     assert d["options"]["threshold"] == 0.0 and d["depth"] == BLOCK
     assert d["drafter_parameters"] == sum(p.numel() for p in m.drafter.parameters())
     assert d["faithful"] is False and any("reconstructed" in n for n in d["notes"])
-    assert d["tokens_per_target_forward"]["parallel"]["mask_rows_in_deep_layers"] == BLOCK * BLOCK
+    assert d["mask_rows_per_pass"] == BLOCK * BLOCK and isinstance(d["tokens_per_target_forward"], float)
+    assert flex(target, mode="sequential").describe()["mask_rows_per_pass"] == BLOCK
     for bad in ({"mode": "fast"}, {"draft_sampling": "x"}, {"speed": 1}, {"draft_layers": 3}):
         with pytest.raises(SpecbenchError):
             flex(target, **bad)
