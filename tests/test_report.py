@@ -208,6 +208,14 @@ def test_sections_without_data_say_what_to_run(tmp_path):
     assert "specbench sweep depth" in html and "no histogram to draw" in html
 
 
+def test_noisy_ar_against_ar_is_flagged(tmp_path):
+    run_dir = fake_run(tmp_path, "ar")
+    summary = run_dir.read_summary()
+    run_dir.write_summary({**summary, "speedup_decode": 1.37})
+    html = unescape(build_report(results_dir=tmp_path, out=tmp_path / "r.html").html.read_text())
+    assert "measures AR against itself at 1.37× instead of 1.00×" in html and "about 37%" in html
+
+
 def test_contended_runs_are_flagged(tmp_path):
     """Timings taken while other processes held the cores are noisy; the page must say so."""
     run_dir = fake_run(tmp_path, "ar")

@@ -20,6 +20,7 @@ SPEEDUP_NOTE = ("Speedup = AR time per output token ÷ method time per output to
                 "batches. τ = committed decode tokens ÷ verification forwards, token-weighted (AR = 1.00).")
 AR_ROW_NOTE = ("The ar row measures AR against itself: its speedup shows the measurement noise (ideal 1.00×).")
 UNFAITHFUL_MARK = " ⚠"
+NOISE_TOLERANCE = 0.10  # |AR-vs-AR speedup − 1| above which the page warns about timing noise
 
 
 @dataclass
@@ -135,7 +136,21 @@ def main_tables(target: str, df: pd.DataFrame, head: agg.Headline, pool: agg.Poo
         if kind == "e2e":
             table.collapsed = "End-to-end speedup (prefill included)"
         items.append(table)
-    return items
+    return noise_warnings(frame) + items
+
+
+def noise_warnings(frame: pd.DataFrame) -> list:
+    """AR against itself should give 1.00×; where it is far off, the machine's timing noise is that large."""
+    out = []
+    for r in frame[frame["label"] == "ar"].itertuples():
+        off = abs(r.speedup_decode - 1) if r.speedup_decode == r.speedup_decode and r.speedup_decode else 0
+        if off > NOISE_TOLERANCE:
+            out.append(Note(f"The ar row ({r.suite}, T={r.temperature:g}) measures AR against itself at "
+                            f"{r.speedup_decode:.2f}× instead of 1.00×: timing noise on this machine was about "
+                            f"{100 * off:.0f}% (other processes on the cores, too few prompts). Speedups closer to "
+                            f"1.00× than that are not meaningful; re-run on an idle machine or with more prompts.",
+                            "warn"))
+    return out
 
 
 def batch_items(target, df, head, pool, colors) -> list:
