@@ -51,14 +51,14 @@ GAMMA_FOR_BLOCK = {16: 7.0, 10: 5.0, 8: 4.0}
 def build_target_layer_ids(num_target_layers: int, num_feature_layers: int) -> list[int]:
     """Evenly spaced 0-based "output of layer" ids from layer 1 to N-3 (B.1.1, Python round).
 
-    Clamped to real layers, which only matters for toy targets with fewer than 4 layers.
+    Clamped to real layers and without repeats, which only matters for toy targets (N < L + 4).
     """
     n = num_target_layers
     if num_feature_layers == 1:
         return [n // 2]
     span = n - 4
     ids = [int(round(1 + i * span / (num_feature_layers - 1))) for i in range(num_feature_layers)]
-    return [min(max(i, 0), n - 1) for i in ids]
+    return list(dict.fromkeys(min(max(i, 0), n - 1) for i in ids))
 
 
 def default_gamma(block_size: int) -> float:
@@ -526,23 +526,34 @@ class DFlashMethod(Method):
         return DFlashDecoder(self.target, sampling, generator, self.drafter, self.depth)
 
     def describe(self) -> dict:
+        """Cost and configuration; `deviations` from Part B (`faithful` iff none), `notes` on
+        implementation choices that compute the same thing."""
         cfg = self.drafter.cfg
+        deviations = []
+        if (cfg.num_layers, cfg.block_size) != (PAPER_DEFAULTS["num_layers"], PAPER_DEFAULTS["block_size"]):
+            deviations.append(f"drafter size {cfg.num_layers} layers, block {cfg.block_size}, gamma {cfg.gamma:g}, "
+                              f"{cfg.num_anchors} anchors (paper, B.2.3: 5 layers, block 16, gamma 7, 512 anchors)")
+        if self.depth != cfg.block_size:
+            deviations.append(f"decoding depth {self.depth} differs from the trained block size {cfg.block_size}")
+        if cfg.mask_token_id is None:
+            deviations.append("MASK is a learned drafter row: the target has no unused token (B.1.3 assumes one)")
         return {
             "name": self.name, "depth": self.depth, "options": self.options, "drafter": self.drafter_path,
             "drafter_parameters": sum(p.numel() for p in self.drafter.parameters()),
             "tokens_per_target_forward": self.depth,
             "draft_tokens_per_step": self.depth - 1,
-            "block_size_trained": cfg.block_size, "draft_layers": cfg.num_layers,
+            "draft_layers": cfg.num_layers, "block_size_trained": cfg.block_size, "gamma": cfg.gamma,
             "target_layer_ids": cfg.target_layer_ids,
             "mask_token": {"id": cfg.mask_token_id, "token": cfg.mask_token, "source": cfg.mask_source},
+            "training": {k: self.drafter.training_info.get(k) for k in ("budget", "final_eval")
+                         if self.drafter.training_info.get(k) is not None},
             "paper_defaults": PAPER_DEFAULTS,
-            "faithful": False,
-            "notes": ["per-row draft cache for batch > 1 (reference is batch 1, B.5-15)",
-                      "block K/V never enter the draft cache (same as crop after every draft call, B.5-4)",
-                      "prompt context projected in prefill (the draft prefill B.4 excludes from decode time)",
-                      *(["MASK is a learned drafter row: the target has no unused special token"]
-                        if cfg.mask_token_id is None else []),
-                      *([f"CPU drafter size: {cfg.num_layers} layers, block {cfg.block_size} "
-                         f"(paper: {PAPER_DEFAULTS['num_layers']} layers, block {PAPER_DEFAULTS['block_size']})"]
-                        if (cfg.num_layers, cfg.block_size) != (5, 16) else [])],
+            "faithful": not deviations,
+            "deviations": deviations,
+            "notes": ["per-row draft cache for batch > 1 (the reference is batch 1, B.5-15)",
+                      "block K/V never enter the draft cache: same as writing and cropping after every draft call (B.5-4)",
+                      "prompt context projected in prefill: the draft prefill that B.4 excludes from decode time",
+                      f"{len(cfg.target_layer_ids)} fused target layers for {cfg.num_layers} draft layers "
+                      "(counts decoupled as in dflash@a3516f8, B.1.1)",
+                      "drafts are greedy at every temperature; one-hot acceptance in the shared engine (B.5-10)"],
         }
