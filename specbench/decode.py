@@ -53,6 +53,7 @@ class RowOutput:
 
     tokens: list[int] = field(default_factory=list)
     accept_lengths: list[int] = field(default_factory=list)  # tokens committed per step, untruncated
+    draft_lengths: list[int] = field(default_factory=list)  # drafts verified per step (speculative decoders)
     stopped_by: str = ""  # "eos" | "length"
 
 
@@ -83,12 +84,15 @@ def generate(decoder: Decoder, prompts: list[list[int]], max_new_tokens: int, eo
         timer.start_step()
         committed = decoder.step(timer, active)
         timer.end_step()
+        drafted = getattr(decoder, "step_drafts", None)  # set by specbench.engine decoders
         for b, toks in enumerate(committed):
             if not active[b]:
                 continue
             active_steps[b] += 1
             r = rows[b]
             r.accept_lengths.append(len(toks))
+            if drafted is not None:
+                r.draft_lengths.append(drafted[b])
             for t in toks:
                 r.tokens.append(t)
                 if t in eos:

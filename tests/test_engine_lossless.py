@@ -33,6 +33,7 @@ def _rows(outputs):
 def test_oracle_chain_is_exact_and_accepts_every_draft():
     rows = _rows(assert_lossless(drafter_factory(OracleDrafter, 4), sampling=None, max_new_tokens=24))
     assert all(a == 5 for row in rows for a in row.accept_lengths)
+    assert all(row.draft_lengths == [4] * len(row.accept_lengths) for row in rows)
 
 
 def test_random_chain_is_exact_with_tau_near_one():

@@ -11,7 +11,9 @@ one, `last`, which is the first input of the next verification (the root of the 
 lossless kit checks it (`specbench.testing.lossless`).
 
 Hooks for drafters with state: `forward` (wrap `target.forward`, e.g. to capture hidden states),
-`on_prefill(logits)` and `on_commit(result)`.
+`on_prefill(logits)` and `on_commit(result)`. `step_drafts` (drafts verified per row in the last
+step) lets `generate` record `draft_lengths` next to `accept_lengths`, so per-position acceptance
+can tell "rejected" from "nothing drafted" (PLD without a match).
 """
 
 from __future__ import annotations
@@ -103,7 +105,9 @@ class ChainSpeculativeDecoder(SpeculativeDecoder):
         act = torch.tensor(active, device=self.target.device)
         with timer.span("draft"):
             proposal = self.propose(act)
-        result: ChainResult = verify_chain(self.target, self.cache, self.last, proposal.only(act), self.sampling,
+        proposal = proposal.only(act)
+        self.step_drafts = proposal.lengths.tolist()
+        result: ChainResult = verify_chain(self.target, self.cache, self.last, proposal, self.sampling,
                                            self.generator, forward=self.forward, timer=timer, rule=self.rule)
         return self._finish(result)
 
@@ -127,6 +131,7 @@ class TreeSpeculativeDecoder(SpeculativeDecoder):
             trees = TreeBatch.stack(trees, pad_id=self.target.tokenizer.pad_token_id or 0).to(self.target.device)
         if not torch.equal(trees.tokens[:, 0], self.last):
             raise ValueError("every tree's root must be the decoder's last emitted token")
+        self.step_drafts = (trees.valid.sum(1) - 1).tolist()
         result: TreeResult = verify_tree(self.target, self.cache, trees, self.sampling, self.generator,
                                          forward=self.forward, timer=timer)
         return self._finish(result)
