@@ -202,6 +202,12 @@ class Pool:
         return self._cache[key]
 
 
+    def share_cut(self, run_ids) -> float | None:
+        """Share of the method arm's turns that stopped at max_new_tokens: low accuracy may just be truncation."""
+        stops = [t.get("stopped_by") for rid in run_ids for rec in self.runs[rid].records if rec["arm"] == "method"
+                 for t in rec["turns"]]
+        return sum(s == "length" for s in stops) / len(stops) if stops else None
+
     def latency(self, run_ids, arm: str) -> dict:
         """Median spans of one arm over the steps of several runs (no bootstrap: cheap)."""
         return latency_stats([rec for rid in run_ids for rec in self.runs[rid].records], arm)
@@ -236,6 +242,7 @@ def grouped(df: pd.DataFrame, by: list[str], pool: Pool) -> pd.DataFrame:
         row["tau_histogram"] = s.get("tau_histogram") or {}
         row["per_position_acceptance"] = s.get("per_position_acceptance") or []
         row["latency_ms"] = s.get("latency_ms") or {}
+        row["cut_at_max_tokens"] = pool.share_cut(group["run_id"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -357,9 +364,12 @@ def provenance_warnings(df: pd.DataFrame) -> list[str]:
     out = []
     busy = df[[la is not None and la == la and cpus and la > cpus for la, cpus in zip(df["load_average"], df["cpu_count"])]]
     if len(busy):
+        unknown = int(df["load_average"].isna().sum())
         out.append(f"{len(busy)} of {len(df)} runs were measured while the machine's 1-minute load average exceeded "
                    f"its CPU count (up to {busy['load_average'].max():.1f} on {int(busy['cpu_count'].max())} CPUs): "
-                   f"other processes competed for the cores, so their timings and speedups are noisy.")
+                   f"other processes competed for the cores, so their timings and speedups are noisy"
+                   + (f"; {unknown} other run(s) did not record the load (made outside a sweep or by an older "
+                      f"version)." if unknown else "."))
     for target, rows in df.groupby("target"):
         for col, what in (("git_sha", "git commits"), ("device", "devices"), ("hardware", "hardware"),
                           ("dtype", "dtypes"), ("threads", "torch thread counts"), ("torch", "torch versions"),

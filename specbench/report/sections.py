@@ -292,20 +292,23 @@ def quality_items(target, df, pool) -> list:
         for suite in suites:
             r = _lookup(g, suite=suite)
             if r is None:
-                cells += [Cell("—", muted=True)] * 3
+                cells += [Cell("—", muted=True)] * 4
                 continue
             exact = pct(r["exact_match_rate"]) if greedy else "n/a (T>0)"
             div = (f"{r['divergences']} ({r['near_ties']} near-tie)" if r["divergences"] else "0") if greedy else "—"
+            cut = r["cut_at_max_tokens"]
             cells += [Cell(exact, muted=not greedy), Cell(div, muted=not greedy),
-                      Cell(pct(r["accuracy"]), f"AR {pct(r['baseline_accuracy'])}")]
+                      Cell(pct(r["accuracy"]), f"AR {pct(r['baseline_accuracy'])}"), Cell(pct(cut))]
         rows.append(cells)
     return [Table(slug("quality", target), f"{target}: losslessness and quality", ["method", "T"] +
-                  ["exact match vs AR", "divergences", "accuracy"] * len(suites), rows, _csv(frame, target),
+                  ["exact match vs AR", "divergences", "accuracy", "cut at max tokens"] * len(suites), rows,
+                  _csv(frame, target),
                   "At T = 0 every method must reproduce the AR tokens exactly (fp32 CPU); a divergence counts as a "
                   "near-tie when the target's top-2 logits differ by < 1e-4 relative. At T > 0 outputs are samples, "
                   "so exact match is not expected; losslessness is then checked in distribution by the tests "
-                  "(DESIGN.md §5). Accuracy: the method arm, with the AR arm's below it. Batch sizes pooled here, "
-                  "separate in the CSV.", [("", 2)] + [(s, 3) for s in suites])]
+                  "(DESIGN.md §5). Accuracy: the method arm, with the AR arm's below it; cut at max tokens: answers "
+                  "that hit --max-new-tokens (truncated answers score low). Batch sizes pooled here, separate in "
+                  "the CSV.", [("", 2)] + [(s, 4) for s in suites])]
 
 
 def cost_items(target, df, head, pool) -> list:
