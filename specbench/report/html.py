@@ -61,6 +61,15 @@ def write_report(sections, out: str | Path, title: str, facts: list[tuple[str, s
     md = [f"# {title}", "", f"Generated {generated} from {n_runs} runs. Speedups are decode-only unless a table says "
           "end-to-end; brackets are 95% bootstrap CIs (DESIGN.md §4).", ""]
     md += [f"> **{a}**\n" for a in alerts]
-    md += [t.markdown() for t in tables]
+    for section in sections:
+        md.append(f"## {section.title}\n")
+        for item in section.items:
+            kind = getattr(item, "kind", None)
+            if kind == "table":
+                md.append(item.markdown())
+            elif kind == "heading":
+                md.append(f"#### {item.text}\n")
+            elif kind == "note":
+                md.append(f"> {'**' if item.level == 'warn' else ''}{item.text}{'**' if item.level == 'warn' else ''}\n")
     markdown.write_text("\n".join(md), encoding="utf-8")
     return ReportFiles(out, markdown, csv_dir)
