@@ -50,6 +50,8 @@ GAMMA_FOR_BLOCK = {16: 7.0, 10: 5.0, 8: 4.0}
 MODES = ("flex", "parallel", "sequential")
 #: mask rows per LM-head chunk in training (bounds the `[rows, V]` logits held at once)
 HEAD_CHUNK = 4096
+#: draft slots per LM-head call at inference when selective verification may stop early
+DRAFT_CHUNK = 4
 
 
 def default_draft_layers(num_layers: int) -> int:
@@ -507,6 +509,41 @@ class FlexDraftDrafter(Drafter):
         return loss, metrics
 
     # -- save / load --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def greedy_accept_lengths(self, input_ids, starts, lengths, calibrate: bool = True, threshold: float = 0.0):
+        """Tokens committed per step when greedy FlexDraft decoding reproduces `input_ids`, whose tokens
+        from `starts[b]` (the prefill's token) to `lengths[b] - 1` are the target's greedy output.
+
+        Teacher-forced and exact at T = 0: one clean pass gives every prefix's cache (causal), then each
+        step is one sequential draft (E.8) over the committed prefix; parallel mode drafts the same tokens
+        (E.12-4), so this is the tau of every mode. Costs one mask pass per step instead of a target
+        forward: a cheap held-out tau for training evals and ablations. Returns a list per row.
+        """
+        n, s = input_ids.shape
+        bs = self.cfg.block_size
+        dev = input_ids.device
+        cache = self.clean_cache(input_ids)
+        start = starts.to(dev).clone()  # position of the bonus (last emitted token), per row
+        lengths = lengths.to(dev)
+        j = torch.arange(bs - 1, device=dev)
+        steps: list[list[int]] = [[] for _ in range(n)]
+        while bool((start < lengths - 1).any()):
+            active = start < lengths - 1
+            see = mask_visibility(start, int(start.max()), torch.zeros(bs, dtype=torch.long, device=dev))
+            positions = start[:, None] + torch.arange(bs, device=dev)
+            h = self.mask_forward(cache, int(start.max()), self.mask_rows(n, bs), positions, see)
+            bonus = input_ids.gather(1, start.clamp(max=s - 1)[:, None])[:, 0]
+            z = self.draft_logits(h[:, 1:], bonus, calibrate).float()
+            v = selective_length(z.softmax(-1).amax(-1), threshold)
+            at = start[:, None] + 1 + j  # draft positions; the step's bonus must exist too
+            valid = (j[None, :] < v[:, None]) & (at < lengths[:, None] - 1)
+            truth = input_ids.gather(1, at.clamp(max=s - 1))
+            accepted = ((z.argmax(-1) == truth) & valid).long().cumprod(1).sum(1)
+            for b in active.nonzero().flatten().tolist():
+                steps[b].append(int(accepted[b]) + 1)
+            start = torch.where(active, start + accepted + 1, start)
+        return steps
+
     def parameter_counts(self) -> dict:
         attn = sum(p.numel() for p in self.attn.parameters())
         calib = sum(p.numel() for p in self.calibration.parameters()) if self.calibration is not None else 0
@@ -545,15 +582,35 @@ class FlexDraftDecoder(SpeculativeDecoder):
     # -- drafting -------------------------------------------------------------------------------------------
     def _set_drafts(self, h: torch.Tensor, bonus: torch.Tensor) -> None:
         """Drafts from mask states `h [B, B-1, H]` (slots 1..B-1) calibrated with the new `bonus [B]`;
-        `v` from the calibrated confidences (E.6: calibration happens before pruning)."""
-        z = self.drafter.draft_logits(h, bonus, calibrate=self.calibration).float()  # [B, B-1, V]
-        self.v = selective_length(z.softmax(-1).amax(-1), self.threshold)  # raw-logit softmax (E.11-9)
-        if self.sample_drafts:
-            self.draft_probs = logits_to_probs(z, self.sampling)
-            self.drafts = sample(self.draft_probs, self.generator)
-        else:
-            self.draft_probs = None
-            self.drafts = z.argmax(-1)
+        `v` from the calibrated confidences (E.6: calibration happens before pruning).
+
+        With pruning, slots go through the LM head and calibration `DRAFT_CHUNK` at a time and stop once
+        every row's cumulative confidence is below the threshold: later slots can never be verified
+        (E.6 [recon]: computing them is waste), so `v` and the verified drafts are unchanged.
+        """
+        b, n, _ = h.shape
+        chunk = n if self.threshold <= 0 else DRAFT_CHUNK
+        conf = torch.zeros(b, n, device=h.device)
+        drafts = torch.zeros(b, n, dtype=torch.long, device=h.device)
+        probs = None
+        running = torch.ones(b, device=h.device, dtype=torch.float64)
+        for i in range(0, n, chunk):
+            z = self.drafter.draft_logits(h[:, i:i + chunk], bonus, calibrate=self.calibration).float()
+            c = z.softmax(-1).amax(-1)  # raw-logit softmax (E.11-9)
+            conf[:, i:i + chunk] = c
+            if self.sample_drafts:
+                q = logits_to_probs(z, self.sampling)
+                if probs is None:
+                    probs = torch.zeros(b, n, q.shape[-1], device=h.device)
+                probs[:, i:i + chunk] = q
+                drafts[:, i:i + chunk] = sample(q, self.generator)
+            else:
+                drafts[:, i:i + chunk] = z.argmax(-1)
+            running = running * c.double().prod(-1)
+            if self.threshold > 0 and bool((running < self.threshold).all()):
+                break
+        self.v = selective_length(conf, self.threshold)
+        self.drafts, self.draft_probs = drafts, probs
 
     @torch.inference_mode()
     def _draft_sequential(self, bonus: torch.Tensor) -> None:

@@ -20,6 +20,14 @@ FAMILIES = ["tiny-random-llama", "tiny-random-qwen3"]
 BLOCK = 4
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, which spin against other processes on a shared
+    machine (see `lossless.one_thread`)."""
+    with lossless.one_thread(pause_gc=False):
+        yield
+
+
 def _grid(rows: list[str]) -> torch.Tensor:
     return torch.tensor([[c == "1" for c in r.split()] for r in rows])
 
@@ -379,3 +387,30 @@ def test_lossless_parallel_batched_and_sampled_drafts():
     reports = lossless.check_distribution(lambda t: flex(t, mode="parallel", draft_sampling="sample"),
                                           n_samples=2 ** 16)
     assert all(r.passed for r in reports), "\n".join(map(str, reports))
+
+
+@pytest.mark.parametrize("chunk", [4, 1])
+def test_teacher_forced_acceptance_equals_decoding(chunk, monkeypatch):
+    """`greedy_accept_lengths` (the cheap held-out tau) reproduces the decoder's per-step acceptance,
+    also when the decoder stops drafting slots early under selective verification (chunk 1)."""
+    from specbench.decode import generate
+
+    monkeypatch.setattr("specbench.methods.flexdraft.DRAFT_CHUNK", chunk)
+    name = "tiny-random-llama"
+    target = lossless.load_tiny(name)
+    drafter = trained_drafter(name)
+    prompts = prompts_for(target)[:3]
+    seqs = [p + list(o) for p, o in zip(prompts, ar_tokens(name)[:3])]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+    starts = torch.tensor([len(p) for p in prompts])
+    lengths = torch.tensor(list(map(len, seqs)))
+    for calibrate, threshold in [(True, 0.01), (False, 0.0)]:
+        sim = drafter.greedy_accept_lengths(ids, starts, lengths, calibrate, threshold)
+        method = flex(target, mode="sequential", calibration=calibrate, threshold=threshold)
+        for b, p in enumerate(prompts):
+            out = generate(method.make_decoder(SamplingConfig(), None), [p], len(seqs[b]) - len(p),
+                           [], StepTimer(target.device))
+            assert out.rows[0].tokens == seqs[b][len(p):]
+            real = out.rows[0].accept_lengths
+            assert sim[b][:-1] == real[:len(sim[b]) - 1] and sum(sim[b]) == len(seqs[b]) - len(p) - 1
