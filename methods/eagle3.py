@@ -94,6 +94,9 @@ class Eagle3Config:
     ttt_steps: int = PAPER_TRAINING["ttt_steps"]
     decay: float = PAPER_TRAINING["decay"]
     vocab_coverage: float | None = None  # share of supervised training tokens inside the draft vocab
+    #: start `lm_head` / `norm` from the target's LM head rows of the draft vocab and final norm
+    #: instead of from scratch (A.1.2); off by default, an ablation for tiny training budgets
+    head_from_target: bool = False
 
 
 # -- modules ----------------------------------------------------------------------------------------------
@@ -291,7 +294,8 @@ class Eagle3Drafter(Drafter):
         return list(self.config.feature_layers)
 
     def init_from_data(self, examples) -> None:
-        """Draft vocabulary from assistant-token counts of the training sequences (A.1.4 steps 1-5)."""
+        """Draft vocabulary from assistant-token counts of the training sequences (A.1.4 steps 1-5);
+        with `head_from_target`, the head and final norm are then copied from the target."""
         counts = torch.zeros(self.config.vocab_size, dtype=torch.long)
         for e in examples:
             ids = torch.tensor(e.input_ids)[torch.tensor(e.loss_mask, dtype=torch.bool)]
@@ -301,6 +305,12 @@ class Eagle3Drafter(Drafter):
         self.t2d.copy_(t2d)
         total = int(counts.sum())
         self.config.vocab_coverage = round(float(counts[t2d].sum()) / total, 6) if total else None
+        if self.config.head_from_target:
+            model = self.target.model
+            with torch.no_grad():
+                rows = model.get_output_embeddings().weight[self.draft_token_ids()]
+                self.lm_head.weight.copy_(rows.to(self.lm_head.weight.dtype))
+                self.norm.weight.copy_(model.model.norm.weight.to(self.norm.weight.dtype))
 
     # -- pieces ----------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
@@ -593,6 +603,8 @@ class Eagle3Method(Method):
         used = {k: t[k] for k in PAPER_TREE}
         if used != PAPER_TREE:
             notes.append(f"tree {used} ({'CPU defaults' if used == CPU_TREE else 'user choice'}; paper: {PAPER_TREE})")
+        if cfg.head_from_target:
+            notes.append("lm_head / norm initialised from the target's LM head rows and final norm (spec: from scratch)")
         if cfg.draft_vocab_size != PAPER_TRAINING["draft_vocab_size"]:
             notes.append(f"draft vocabulary {cfg.draft_vocab_size} of {cfg.vocab_size} (paper: 32000 of 128k-152k)")
         if (cfg.ttt_steps, cfg.decay) != (PAPER_TRAINING["ttt_steps"], PAPER_TRAINING["decay"]):

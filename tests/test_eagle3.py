@@ -70,6 +70,10 @@ def test_init_from_data_counts_assistant_tokens_only(tiny_llama):
     drafter.init_from_data(examples)
     assert drafter.draft_token_ids().tolist() == [9, 10, 12]
     assert drafter.config.vocab_coverage == 1.0
+    assert not torch.equal(drafter.lm_head.weight, tiny_llama.model.lm_head.weight[[9, 10, 12]])
+    ablation = Eagle3Drafter.for_target(tiny_llama, draft_vocab_size=3, head_from_target=True)
+    ablation.init_from_data(examples)
+    assert torch.equal(ablation.lm_head.weight, tiny_llama.model.lm_head.weight[[9, 10, 12]])
 
 
 def test_config_follows_target_family(tiny_llama, tiny_qwen3):
