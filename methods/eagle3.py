@@ -40,6 +40,7 @@ from torch import nn
 from specbench.engine import TreeBatch, TreeSpeculativeDecoder
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
+from specbench.layers import RMSNorm, apply_rotary, rotary
 from specbench.methods.base import Method
 from specbench.training.drafter import Drafter
 from specbench.training.features import capture_layers
@@ -100,33 +101,6 @@ class Eagle3Config:
 
 
 # -- modules ----------------------------------------------------------------------------------------------
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x):
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-def rotary(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos, sin `[B, q, d]` for integer positions `[B, q]` (HF default RoPE, rotate-half layout)."""
-    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    freqs = positions[..., None].float() * inv  # [B, q, d/2]
-    emb = torch.cat([freqs, freqs], -1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`x [B, h, q, d]`, `cos/sin [B, q, d]`."""
-    x1, x2 = x.chunk(2, -1)
-    return x * cos[:, None] + torch.cat([-x2, x1], -1) * sin[:, None]
-
 
 class _Attention(nn.Module):
     """Projections only: attention itself differs between TTT training and tree drafting."""

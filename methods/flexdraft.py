@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
 from specbench.engine.acceptance import accept_speculative
 from specbench.errors import SpecbenchError
+from specbench.layers import RMSNorm, apply_rotary
 from specbench.methods.base import Method
 from specbench.sampling import logits_to_probs, sample
 from specbench.training.drafter import Drafter
@@ -170,26 +171,6 @@ def selective_length(conf: torch.Tensor, threshold: float) -> torch.Tensor:
 
 # -- modules ----------------------------------------------------------------------------------------------
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE, half-rotation layout as in HF Llama/Qwen3; `x [B, h, T, d]`, `cos/sin [B, T, d]`."""
-    x1, x2 = x.chunk(2, -1)
-    return x * cos[:, None] + torch.cat([-x2, x1], -1) * sin[:, None]
-
-
-class RMSNorm(nn.Module):
-    """HF Llama/Qwen3 RMSNorm (statistics in fp32, scale in the input dtype)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x):
-        dtype = x.dtype
-        x = x.float()
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)).to(dtype)
-
-
 class DraftAttention(nn.Module):
     """Mask-row attention of one deep layer (E.2.3): own q/k/v/o (+ q/k norms); keys/values are the
     clean cache content followed by the mask rows' own. `copy_from` is the E.10.4 initialisation."""
@@ -221,7 +202,7 @@ class DraftAttention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, M, d]
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         keys, values = torch.cat([ctx_k, k], 2), torch.cat([ctx_v, v], 2)
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=see, scale=self.scaling,
                                              enable_gqa=self.n_heads != self.n_kv)
