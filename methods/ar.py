@@ -6,9 +6,7 @@ speedup measures drafting, not a different kernel or cache (DESIGN.md §1, §4).
 
 from __future__ import annotations
 
-import torch
-
-from specbench.decode import Decoder
+from specbench.decode import Decoder, prefill_batch
 from specbench.methods.base import Method
 from specbench.sampling import next_tokens
 
@@ -17,17 +15,7 @@ class AutoregressiveDecoder(Decoder):
     max_step_tokens = 1
 
     def prefill(self, prompts, capacity):
-        target = self.target
-        lengths = [len(p) for p in prompts]
-        width = max(lengths)
-        pad = target.tokenizer.pad_token_id or 0
-        ids = torch.tensor([p + [pad] * (width - len(p)) for p in prompts], device=target.device)
-        self.cache = target.new_cache(len(prompts), capacity)
-        logits = target.forward(ids, self.cache)  # [B, width, V]
-        self.cache.commit_prefix(lengths)
-        last = torch.tensor(lengths, device=target.device) - 1
-        row_logits = logits[torch.arange(len(prompts), device=target.device), last]  # [B, V]
-        self.last = next_tokens(row_logits, self.sampling, self.generator)  # [B]
+        self.cache, _, self.last = prefill_batch(self.target, prompts, capacity, self.sampling, self.generator)
         return self.last.tolist()
 
     def step(self, timer, active):

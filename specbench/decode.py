@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from specbench.sampling import SamplingConfig
+from specbench.sampling import SamplingConfig, next_tokens
 from specbench.timing import StepTimer
 
 
@@ -45,6 +45,27 @@ class Decoder(ABC):
 
     #: tokens a method may commit in one step beyond the first; the loop reserves cache room for it
     max_step_tokens: int = 1
+
+
+def prefill_batch(target, prompts: list[list[int]], capacity: int, sampling: SamplingConfig,
+                  generator: torch.Generator | None, forward=None):
+    """The prompts, right-padded, through one target forward into a fresh cache; each row's first token.
+
+    Every decoder's prefill, the AR arm's included, is this computation, so both arms of a run start
+    from the same first token (DESIGN.md §4). `forward` (default `target.forward`) lets a drafter see
+    the prompt pass. Returns `(cache, prompt logits [B, width, V], first tokens [B])`.
+    """
+    forward = forward or target.forward
+    lengths = [len(p) for p in prompts]
+    width = max(lengths)
+    pad = target.tokenizer.pad_token_id or 0
+    ids = torch.tensor([p + [pad] * (width - len(p)) for p in prompts], device=target.device)
+    cache = target.new_cache(len(prompts), capacity)
+    logits = forward(ids, cache)  # [B, width, V]
+    cache.commit_prefix(lengths)
+    rows = torch.arange(len(prompts), device=target.device)
+    last = torch.tensor(lengths, device=target.device) - 1
+    return cache, logits, next_tokens(logits[rows, last], sampling, generator)
 
 
 @dataclass

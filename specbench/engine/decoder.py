@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from specbench.decode import Decoder
+from specbench.decode import Decoder, prefill_batch
 from specbench.engine.acceptance import accept_speculative
 from specbench.engine.tree import DraftTree, TreeBatch
 from specbench.engine.verify import ChainResult, Proposal, TreeResult, verify_chain, verify_tree
-from specbench.sampling import next_tokens
 
 
 class TokenHistory:
@@ -63,19 +62,11 @@ class SpeculativeDecoder(Decoder):
         return self.target.forward(ids, cache, **kwargs)
 
     def prefill(self, prompts, capacity):
-        """Same computation as the AR arm's prefill, so both arms start from the same first token."""
-        target = self.target
-        lengths = [len(p) for p in prompts]
-        width = max(lengths)
-        pad = target.tokenizer.pad_token_id or 0
-        ids = torch.tensor([p + [pad] * (width - len(p)) for p in prompts], device=target.device)
-        self.cache = target.new_cache(len(prompts), capacity)
-        logits = self.forward(ids, self.cache)  # [B, width, V]
-        self.cache.commit_prefix(lengths)
-        rows = torch.arange(len(prompts), device=target.device)
-        self.last = next_tokens(logits[rows, torch.tensor(lengths, device=target.device) - 1], self.sampling,
-                                self.generator)  # [B]
-        self.history = TokenHistory([p + [t] for p, t in zip(prompts, self.last.tolist())], target.device, capacity)
+        """`prefill_batch` (the AR arm's computation) through `self.forward`, then the token history."""
+        self.cache, logits, self.last = prefill_batch(self.target, prompts, capacity, self.sampling,
+                                                      self.generator, forward=self.forward)
+        self.history = TokenHistory([p + [t] for p, t in zip(prompts, self.last.tolist())], self.target.device,
+                                    capacity)
         self.on_prefill(logits)
         return self.last.tolist()
 
