@@ -8,6 +8,7 @@ from specbench.errors import SpecbenchError
 
 METHODS = {
     "ar": "specbench.methods.ar:AutoregressiveMethod",
+    "bita": "specbench.methods.bita:BiTAMethod",
     "dflash": "specbench.methods.dflash:DFlashMethod",
     "eagle3": "specbench.methods.eagle3:Eagle3Method",
     "flexdraft": "specbench.methods.flexdraft:FlexDraftMethod",
