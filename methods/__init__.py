@@ -12,6 +12,7 @@ METHODS = {
     "dflash": "specbench.methods.dflash:DFlashMethod",
     "eagle3": "specbench.methods.eagle3:Eagle3Method",
     "flexdraft": "specbench.methods.flexdraft:FlexDraftMethod",
+    "mtp": "specbench.methods.mtp:MTPMethod",
     "pld": "specbench.methods.pld:PromptLookupMethod",
 }
 
