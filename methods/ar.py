@@ -16,6 +16,7 @@ class AutoregressiveDecoder(Decoder):
 
     def prefill(self, prompts, capacity):
         self.cache, _, self.last = prefill_batch(self.target, prompts, capacity, self.sampling, self.generator)
+        self.step_drafts = [0] * len(prompts)  # recorded as every step's draft length: AR drafts nothing
         return self.last.tolist()
 
     def step(self, timer, active):

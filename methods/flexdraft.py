@@ -628,6 +628,7 @@ class FlexDraftDecoder(SpeculativeDecoder):
         w = max(1, int(v.max()))
         probs = None if self.draft_probs is None else self.draft_probs[:, :w]
         proposal = Proposal(self.drafts[:, :w], v, probs)
+        self.step_drafts = v.tolist()  # drafts verified per row (selective verification may cut the block)
         mode = self.mode_for(len(active))
         self.modes_used.append(mode)
         forward = self._parallel_forward if mode == "parallel" else None

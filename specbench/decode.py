@@ -74,7 +74,7 @@ class RowOutput:
 
     tokens: list[int] = field(default_factory=list)
     accept_lengths: list[int] = field(default_factory=list)  # tokens committed per step, untruncated
-    draft_lengths: list[int] = field(default_factory=list)  # drafts verified per step (speculative decoders)
+    draft_lengths: list[int] = field(default_factory=list)  # drafts per step (a tree: along the accepted path)
     stopped_by: str = ""  # "eos" | "length"
 
 

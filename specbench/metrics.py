@@ -9,6 +9,8 @@
 * per category (issue 13): when records carry `meta.category`, the same τ and speedups per category
   in `summary["per_category"]`, plus Spec-Bench's "mean accepted tokens" (the mean over all steps of
   the tokens each step kept), which equals τ whenever a turn's kept lengths sum to new_tokens − 1.
+* per-position acceptance: P(draft position i accepted | positions < i accepted), over the steps whose
+  draft reached position i (`draft_lengths`), so a step that drafted fewer tokens is no rejection.
 """
 
 from __future__ import annotations
@@ -34,25 +36,50 @@ def decode_tokens(turn: dict) -> int:
     return int(stated) if stated is not None else max(turn["new_tokens"] - 1, 0)
 
 
+def step_drafts(turn: dict) -> list[int | None]:
+    """Drafts each step offered, `None` per step where the record does not say (records written before
+    `draft_lengths` was stored, imported answer files): such steps count as drafting every position."""
+    drafted = turn.get("draft_lengths")
+    if drafted is None or len(drafted) != len(turn["accept_lengths"]):
+        return [None] * len(turn["accept_lengths"])
+    return list(drafted)
+
+
+def per_position_acceptance(steps: list[tuple[int, int | None]]) -> tuple[list[float], list[int]]:
+    """P(draft position i accepted | positions < i accepted) for i = 1, 2, ... and its denominators.
+
+    `steps`: `(committed L = accepted + 1, drafts d or None)` per step. Position i is reached by the
+    steps that accepted i - 1 drafts *and* drafted at least i (a step that drafted nothing, e.g. PLD
+    without an n-gram match, rejected nothing); it passes when the step accepted i or more. Positions
+    run to the last one any step reached.
+    """
+    width = max((d if d is not None else n - 1 for n, d in steps), default=0)
+    rates, reached_counts = [], []
+    for i in range(1, width + 1):
+        reached = sum(1 for n, d in steps if n - 1 >= i - 1 and (d is None or d >= i))
+        if not reached:  # nor is any later position
+            break
+        passed = sum(1 for n, d in steps if n - 1 >= i and (d is None or d >= i))
+        rates.append(passed / reached)
+        reached_counts.append(reached)
+    return rates, reached_counts
+
+
 def tau_stats(records: list[dict], arm: str = "method") -> dict:
     tokens = forwards = 0
     hist: Counter = Counter()
+    steps: list[tuple[int, int | None]] = []
     for _, _, turn in _turns(records, arm):
         tokens += decode_tokens(turn)
         forwards += turn["steps"]
         hist.update(turn["accept_lengths"])
+        steps += zip(turn["accept_lengths"], step_drafts(turn))
     tau = tokens / forwards if forwards else None
-    # P(draft position i accepted | positions < i accepted), from committed counts L = accepted + 1
-    per_position = []
-    if hist:
-        max_len = max(hist)
-        for i in range(1, max_len):
-            reached = sum(c for length, c in hist.items() if length >= i)
-            passed = sum(c for length, c in hist.items() if length >= i + 1)
-            per_position.append(passed / reached if reached else None)
+    per_position, reached = per_position_acceptance(steps)
     return {"tau": tau, "decode_tokens": tokens, "verify_forwards": forwards,
             "tau_histogram": {str(k): v for k, v in sorted(hist.items())},
-            "per_position_acceptance": per_position}
+            "per_position_acceptance": per_position, "per_position_steps": reached,
+            "steps_without_draft_lengths": sum(d is None for _, d in steps)}
 
 
 def batch_units(records: list[dict]) -> dict:

@@ -3,6 +3,10 @@
 Records are appended and flushed per prompt (both arms of a prompt are written together), so an
 interrupted run loses at most the batch in flight; `RunDir.completed_prompt_ids` tells the runner
 what `--resume` may skip. A torn last line (the process was killed mid-write) is dropped on resume.
+
+Records written before a field existed stay readable: `load_records` fills the missing per-turn fields
+of `TURN_FIELD_DEFAULTS` (`draft_lengths: None`: not recorded, so per-position acceptance cannot
+condition on it).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from pathlib import Path
 from specbench.errors import SpecbenchError
 
 ARMS = ("method", "baseline")
+#: per-turn record fields added after records were first written, and what an older record means by them
+TURN_FIELD_DEFAULTS = {"draft_lengths": None}
 
 
 def _write_json_atomic(path: Path, data: dict) -> None:
@@ -77,9 +83,13 @@ class RunDir:
         with open(self.records_path, encoding="utf-8") as f:
             for line in f:
                 try:
-                    out.append(json.loads(line))
+                    rec = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                for turn in (rec.get("turns") or []) if isinstance(rec, dict) else []:
+                    for key, value in TURN_FIELD_DEFAULTS.items():
+                        turn.setdefault(key, value)
+                out.append(rec)
         return out
 
     def completed_prompt_ids(self) -> set[str]:

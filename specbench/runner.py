@@ -101,6 +101,7 @@ class ArmTurn:
     decode_s: float
     steps: int
     accept_lengths: list[int]
+    draft_lengths: list[int]  # drafts offered per step (per-position acceptance); [] if not reported
     stopped_by: str
     batch_spans_ms: dict | None
 
@@ -221,6 +222,7 @@ class Runner:
                     turns[arm][i].append(ArmTurn(
                         prompt_tokens=len(prompts[j]), output_ids=row.tokens, text=text, ttft_s=out.ttft_s,
                         decode_s=out.decode_s, steps=out.active_steps[j], accept_lengths=row.accept_lengths,
+                        draft_lengths=row.draft_lengths,
                         stopped_by=row.stopped_by, batch_spans_ms=out.steps if j == 0 else None))
         records = []
         for i, example in enumerate(batch):

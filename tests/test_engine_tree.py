@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from specbench.engine import DraftTree, TreeBatch
+from specbench.engine import DraftTree, TreeBatch, TreeResult
+from specbench.engine.decoder import offered_path_lengths
 from specbench.testing.drafters import bfs_parents
 
 TREE = DraftTree([10, 11, 12, 13, 14, 15, 16, 17], [-1, 0, 0, 1, 1, 2, 4, 0])
@@ -64,3 +65,17 @@ def test_bfs_parents_builds_full_trees():
     tree = DraftTree(list(range(len(parents))), parents)
     assert len(tree) == 1 + 3 + 6 and tree.depths.count(2) == 6
     assert [len(tree.children(i)) for i in range(4)] == [3, 2, 2, 2]
+
+
+def test_offered_path_lengths_count_positions_the_accepted_path_could_reach():
+    """A tree step's draft length (per-position acceptance) is the accepted path plus one tried child,
+    not the node count: full acceptance at a leaf rejected nothing."""
+    # root 0 -> {1, 2}, 1 -> {3}: 3 drafted nodes, depth 2
+    parents = torch.tensor([[-1, 0, 0, 1]] * 4)
+    trees = TreeBatch.from_parents(torch.arange(4).expand(4, 4), parents)
+    path = torch.tensor([[0, 1, 3], [0, 1, -1], [0, -1, -1], [0, 2, -1]])
+    n = torch.tensor([2, 1, 0, 1])
+    result = TreeResult(path, n, torch.zeros(4, dtype=torch.long), torch.zeros(4, 3, dtype=torch.long),
+                        torch.zeros(4, 4, 5))
+    # leaf 3 after 2 accepted; node 1 has a child; the root has children; leaf 2 after 1 accepted
+    assert offered_path_lengths(trees, result) == [2, 2, 1, 1]

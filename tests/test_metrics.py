@@ -30,6 +30,43 @@ def test_per_position_conditional_acceptance():
     assert s["per_position_acceptance"] == [pytest.approx(0.5), pytest.approx(0.5)]
 
 
+def _with_drafts(rec, drafts):
+    rec["turns"][0]["draft_lengths"] = drafts
+    return rec
+
+
+def test_per_position_acceptance_counts_only_steps_that_drafted_the_position():
+    # PLD-like: two steps without an n-gram match (0 drafts), then 4 drafts with 2 and 1 accepted
+    recs = [_with_drafts(_rec("a", "method", "b0", 1 + 7, 4, [1, 1, 3, 2], 0.1, 1.0), [0, 0, 4, 4])]
+    s = tau_stats(recs)
+    # pos 1: both drafting steps accept it (the empty steps rejected nothing); pos 2: 1 of 2; pos 3: 0 of 1
+    assert s["per_position_acceptance"] == [pytest.approx(1.0), pytest.approx(0.5), pytest.approx(0.0)]
+    assert s["per_position_steps"] == [2, 2, 1]  # position 4 was drafted but never reached
+    assert s["steps_without_draft_lengths"] == 0
+
+
+def test_per_position_acceptance_full_acceptance_is_no_rejection():
+    # drafts of 2, 1 and 3 tokens, every one accepted: no position ever rejected
+    recs = [_with_drafts(_rec("a", "method", "b0", 1 + 9, 3, [3, 2, 4], 0.1, 1.0), [2, 1, 3])]
+    assert tau_stats(recs)["per_position_acceptance"] == [1.0, 1.0, 1.0]
+
+
+def test_per_position_acceptance_of_records_without_draft_lengths():
+    """Older records (no `draft_lengths`, or `None` as `load_records` fills it) keep the old reading:
+    every step counts as drafting every position; mixed with new records, per step."""
+    old = _rec("a", "method", "b0", 1 + 7, 4, [1, 2, 3, 1], 0.1, 1.0)
+    s = tau_stats([old])
+    assert s["per_position_acceptance"] == [pytest.approx(0.5), pytest.approx(0.5)]
+    assert s["steps_without_draft_lengths"] == 4
+    filled = _with_drafts(_rec("a", "method", "b0", 1 + 7, 4, [1, 2, 3, 1], 0.1, 1.0), None)
+    assert tau_stats([filled])["per_position_acceptance"] == s["per_position_acceptance"]
+    new = _with_drafts(_rec("b", "method", "b1", 1 + 2, 2, [1, 2], 0.1, 1.0), [0, 3])
+    mixed = tau_stats([old, new])
+    # pos 1: old steps 2 of 4 + new step 1 of 1 (its empty step is not counted); pos 2: 1/2 + 0/1
+    assert mixed["per_position_acceptance"][:2] == [pytest.approx(3 / 5), pytest.approx(1 / 3)]
+    assert mixed["steps_without_draft_lengths"] == 4
+
+
 def test_speedup_is_ratio_of_sums_with_a_ci():
     recs = []
     for i in range(6):

@@ -29,10 +29,41 @@ def test_run_writes_manifest_records_summary(tmp_path, tiny_llama):
     assert sorted({r["prompt_id"] for r in records}) == sorted(manifest["resolved"]["prompt_ids"])
     # interleaving: batch 0 runs the method arm first, batch 1 the baseline first; both are recorded
     assert all(r["exact_match"] for r in records)
+    # AR drafts nothing: a draft length of 0 per step, stored next to the accept lengths
+    assert all(t["draft_lengths"] == [0] * len(t["accept_lengths"]) for r in records for t in r["turns"])
     summary = json.loads((run_dir.path / "summary.json").read_text())
     assert summary["tau"] == pytest.approx(1.0) and summary["exact_match_rate"] == 1.0
     assert summary["n_prompts"] == 6 and summary["timed_units"] == 3
     assert 0.3 < summary["speedup_decode"] < 3.0
+
+
+def test_records_store_draft_lengths_and_per_position_acceptance_uses_them(tmp_path, tiny_llama):
+    config = {**CONFIG, "method": "pld", "limit": 4, "max_new_tokens": 24}
+    run_dir = Runner(RunConfig(**config), ResultStore(tmp_path), progress=False, target=tiny_llama).run(run_id="p")
+    turns = [t for r in run_dir.load_records() if r["arm"] == "method" for t in r["turns"]]
+    steps = [(n, d) for t in turns for n, d in zip(t["accept_lengths"], t["draft_lengths"], strict=True)]
+    assert steps and all(n - 1 <= d for n, d in steps)
+    summary = json.loads((run_dir.path / "summary.json").read_text())
+    assert summary["steps_without_draft_lengths"] == 0
+    # position 1 counts exactly the steps that drafted something
+    assert summary["per_position_steps"][0] == sum(d >= 1 for _, d in steps)
+    if summary["per_position_steps"][0]:
+        assert summary["per_position_acceptance"][0] == pytest.approx(
+            sum(n >= 2 for n, d in steps) / sum(d >= 1 for _, d in steps))
+
+
+def test_records_without_draft_lengths_stay_readable(tmp_path):
+    run_dir = ResultStore(tmp_path).create("old")
+    turn = {"new_tokens": 5, "steps": 3, "accept_lengths": [1, 3, 1], "ttft_s": 0.1, "decode_s": 0.3}
+    with run_dir.records_path.open("w") as f:  # the record layout before draft_lengths existed
+        for arm in ("method", "baseline"):
+            f.write(json.dumps({"prompt_id": "a", "arm": arm, "batch_id": "b0", "turns": [turn]}) + "\n")
+    records = run_dir.load_records()
+    assert [t["draft_lengths"] for r in records for t in r["turns"]] == [None, None]
+    from specbench.metrics import summarize
+    summary = summarize(records)
+    assert summary["per_position_acceptance"] == [pytest.approx(1 / 3), pytest.approx(1.0)]
+    assert summary["steps_without_draft_lengths"] == 3
 
 
 def test_same_subset_for_every_method_and_seed_changes_it(tmp_path, tiny_llama):

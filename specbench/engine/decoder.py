@@ -11,9 +11,10 @@ one, `last`, which is the first input of the next verification (the root of the 
 lossless kit checks it (`specbench.testing.lossless`).
 
 Hooks for drafters with state: `forward` (wrap `target.forward`, e.g. to capture hidden states),
-`on_prefill(logits)` and `on_commit(result)`. `step_drafts` (drafts verified per row in the last
-step) lets `generate` record `draft_lengths` next to `accept_lengths`, so per-position acceptance
-can tell "rejected" from "nothing drafted" (PLD without a match).
+`on_prefill(logits)` and `on_commit(result)`. `step_drafts` (drafts per row in the last step) lets
+`generate` record `draft_lengths` next to `accept_lengths`, so per-position acceptance can tell
+"rejected" from "nothing drafted" (PLD without a match): a chain's draft length, a tree's length
+along the accepted path (`offered_path_lengths`).
 """
 
 from __future__ import annotations
@@ -122,7 +123,18 @@ class TreeSpeculativeDecoder(SpeculativeDecoder):
             trees = TreeBatch.stack(trees, pad_id=self.target.tokenizer.pad_token_id or 0).to(self.target.device)
         if not torch.equal(trees.tokens[:, 0], self.last):
             raise ValueError("every tree's root must be the decoder's last emitted token")
-        self.step_drafts = (trees.valid.sum(1) - 1).tolist()
         result: TreeResult = verify_tree(self.target, self.cache, trees, self.sampling, self.generator,
                                          forward=self.forward, timer=timer)
+        self.step_drafts = offered_path_lengths(trees, result)
         return self._finish(result)
+
+
+def offered_path_lengths(trees: TreeBatch, result: TreeResult) -> list[int]:
+    """Per row, draft positions the tree offered along its accepted path: the accepted nodes, plus one
+    when the last accepted node has children (a position tried and rejected). A chain's draft length
+    for per-position acceptance: a full-path acceptance at a leaf rejected nothing, however many nodes
+    the tree had."""
+    rows = torch.arange(result.path.shape[0], device=result.path.device)
+    last = result.path[rows, result.n_accepted]  # the last accepted node (the root when none was)
+    has_child = (trees.children[rows, last] >= 0).any(-1)
+    return (result.n_accepted + has_child.long()).tolist()

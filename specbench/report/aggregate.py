@@ -241,6 +241,8 @@ def grouped(df: pd.DataFrame, by: list[str], pool: Pool) -> pd.DataFrame:
         row["near_ties"] = sum(bool(d.get("near_tie")) for d in divergences)
         row["tau_histogram"] = s.get("tau_histogram") or {}
         row["per_position_acceptance"] = s.get("per_position_acceptance") or []
+        # steps counted as drafting every position (no draft_lengths: older records, or summaries without the count)
+        row["steps_without_draft_lengths"] = s.get("steps_without_draft_lengths", s.get("verify_forwards")) or 0
         row["latency_ms"] = s.get("latency_ms") or {}
         row["cut_at_max_tokens"] = pool.share_cut(group["run_id"])
         rows.append(row)

@@ -271,7 +271,12 @@ def acceptance_items(target, df, head, pool, colors) -> list:
     items = [Table(slug("acceptance", target), f"{target}: acceptance (T={head.temperature:g}, "
                           f"batch size {head.batch_size})", ["method", "τ"] + [f"P(pos {i})" for i in
                           range(1, shown + 1)] + ["steps committing L tokens"], rows, data,
-                          "P(pos i) = P(draft position i accepted | positions before it accepted).") ]
+                          "P(pos i) = P(draft position i accepted | positions before it accepted), over the "
+                          "steps that drafted at least i tokens.") ]
+    unconditioned = [r.row_label for r in drafting.itertuples() if r.steps_without_draft_lengths]
+    if unconditioned:
+        items.append(Note(f"{', '.join(unconditioned)}: recorded without draft lengths (older runs), so P(pos i) "
+                          "also counts steps that drafted fewer than i tokens as rejections there."))
     for png, alt in ((figures.tau_histograms(drafting, colors, target), "tau histograms"),
                      (figures.per_position_acceptance(drafting, colors, target), "per-position acceptance")):
         if png:
