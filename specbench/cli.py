@@ -53,7 +53,7 @@ def run_options(fn):
         click.option("--suite", "-s", default="gsm8k", show_default=True, help="benchmark suite"),
         click.option("--target", "-t", default="smollm2-135m", show_default=True,
                      help="alias, hub id, local directory or .gguf file"),
-        click.option("--drafter", default=None, help="drafter checkpoint PATH, or 'auto'"),
+        click.option("--drafter", default=None, help="drafter folder PATH, a folder of drafters DIR/<method>/, or 'auto'"),
         click.option("--no-train", is_flag=True, help="with --drafter auto: fail instead of training a missing drafter"),
         click.option("--temperature", type=float, default=0.0, show_default=True),
         click.option("--top-p", type=float, default=1.0, show_default=True),

@@ -195,6 +195,16 @@ def test_drafter_auto_trains_once_then_reuses(tiny_llama, examples):
     finally:
         tiny_llama.chat.system_prompt = None
     assert resolve_drafter(SKIPHEAD, tiny_llama, "some/path") == "some/path"
+
+
+def test_drafter_folder_resolves_per_method(tiny_llama, tmp_path):
+    (tmp_path / "eagle3").mkdir()
+    (tmp_path / "eagle3" / "config.json").write_text("{}")
+    assert resolve_drafter("eagle3", tiny_llama, str(tmp_path)) == str(tmp_path / "eagle3")
+    assert resolve_drafter("ar", tiny_llama, str(tmp_path)) is None  # a sweep's AR and PLD cells need none
+    assert resolve_drafter("eagle3", tiny_llama, str(tmp_path / "eagle3")) == str(tmp_path / "eagle3")
+    with pytest.raises(SpecbenchError, match="folder of drafters with a flexdraft/"):
+        resolve_drafter("flexdraft", tiny_llama, str(tmp_path))
     assert resolve_drafter("ar", tiny_llama, "auto") is None
 
 

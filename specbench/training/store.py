@@ -45,14 +45,24 @@ def store_path(target, cls: type[Drafter], options: dict | None = None,
 
 def resolve_drafter(method: str, target, spec: str | None, train: bool = True, options: dict | None = None,
                     recipe: TrainingRecipe = STANDARD_CPU, progress: bool = True, log=print) -> str | None:
-    """A concrete drafter folder for `--drafter spec` (`None`, a path, or `auto`)."""
-    if spec != "auto":
+    """A concrete drafter folder for `--drafter spec`: `None`, a drafter folder, a folder of drafters
+    named after their methods (`DIR/eagle3/`, `DIR/flexdraft/`...: one `--drafter` for a whole sweep of
+    drafters trained elsewhere), or `auto`."""
+    if spec is None:
+        return None
+    folder = spec != "auto" and Path(spec).is_dir() and not (Path(spec) / "config.json").exists()
+    if spec != "auto" and not folder:
         return spec
     if ":" not in method:
         from specbench.methods import method_class
 
         if not method_class(method).needs_drafter:
-            return None  # `--drafter auto` across a sweep also reaches ar, pld...
+            return None  # `--drafter auto` (or a folder of drafters) across a sweep also reaches ar, pld...
+    if folder:
+        sub = Path(spec) / method
+        if not (sub / "config.json").exists():
+            raise SpecbenchError(f"{spec} is neither a drafter nor a folder of drafters with a {method}/ drafter")
+        return str(sub)
     with default_chat(target):
         return _auto(drafter_class(method), method, target, train, options, recipe, progress, log)
 

