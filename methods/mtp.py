@@ -438,9 +438,14 @@ class MTPDecoder(SpeculativeDecoder):
         self.max_step_tokens = (d + 1) ** 2 if decoding == "quadratic" else 2 * d + 1  # pending rows per pass
 
     def _set_drafts(self, states: torch.Tensor, bonus: torch.Tensor, ok: torch.Tensor | None = None) -> None:
-        self.drafts = self.drafter.draft(states, bonus, self.use_sampler)
+        """Drafts of every row from its selected block; rows with `ok` False get none (a linear stall, whose
+        sampler decode is skipped when no row needs it)."""
         full = torch.full_like(bonus, self.depth)
         self.n_drafts = full if ok is None else torch.where(ok, full, torch.zeros_like(full))
+        if ok is not None and not bool(ok.any()):
+            self.drafts = torch.zeros(len(bonus), self.depth, dtype=torch.long, device=bonus.device)
+        else:
+            self.drafts = self.drafter.draft(states, bonus, self.use_sampler)
 
     @torch.inference_mode()
     def on_prefill(self, logits):
