@@ -361,7 +361,7 @@ class BiTADecoder(TreeSpeculativeDecoder):
         self.parents, self.level_sizes = tree_parents(depth, top_k, target.vocab_size)
         super().__init__(target, sampling, generator, depth, max_nodes=len(self.parents))
         self.drafter, self.top_k = drafter, top_k
-        self._anchors = self._groups = self.tree = None
+        self._anchors = self._groups = self._selected = self.tree = None
 
     def prefill(self, prompts, capacity):
         """The engine's (AR-identical) prefill with the root group hung off each prompt's last token."""
@@ -376,25 +376,29 @@ class BiTADecoder(TreeSpeculativeDecoder):
         return logits
 
     def on_prefill(self, logits):
-        self._set_tree(self._groups[:, 0])
+        self._selected = self._groups[:, 0]
+        self._groups = None
 
     def on_commit(self, result):
+        """Keep the mask group of each row's deepest accepted node (root group if none was accepted)."""
         rows = torch.arange(result.path.shape[0], device=result.path.device)
-        self._set_tree(self._groups[rows, result.path[rows, result.n_accepted]])
+        self._selected = self._groups[rows, result.path[rows, result.n_accepted]]  # [B, M, H]
+        self._groups = None
 
     @torch.inference_mode()
-    def _set_tree(self, h: torch.Tensor) -> None:
-        """Next candidates from the selected group's states `h [B, M, H]`: top-`size` of slot `m` per level."""
-        z = self.drafter.mask_logits(h)  # [B, M, V]
+    def _next_tree(self) -> torch.Tensor:
+        """Candidates from the selected group: the top-`size` tokens of slot `m` at level `m` (A.6.3)."""
+        z = self.drafter.mask_logits(self._selected)  # [B, M, V]
         tokens = [self.last[:, None]] + [z[:, m].topk(k, -1).indices for m, k in enumerate(self.level_sizes)]
-        self.tree = torch.cat(tokens, 1)
-        self._groups = None
+        return torch.cat(tokens, 1)
 
     @torch.inference_mode()
     def step(self, timer, active):
         return super().step(timer, active)
 
     def propose_tree(self, active: torch.Tensor) -> TreeBatch:
+        """The LM head over the selected group and the top-k run here, so they are timed as draft."""
+        self.tree = self._next_tree()
         b, n = self.tree.shape
         parents = torch.tensor(self.parents, device=self.tree.device).expand(b, n)
         valid = active[:, None].expand(b, n).clone()  # stopped rows verify only their root
