@@ -45,6 +45,7 @@ engine's prefill instead of a first `[x_0, m_1..m_k]` draft step; CPU-sized defa
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from contextlib import contextmanager, nullcontext
@@ -368,17 +369,12 @@ class MTPDrafter(Drafter):
 
         Mask `j` (0-based) after anchor `t` sits at `p = t + 1 + j`, predicts `x_{p+1}`, takes `y_prev = x_p`
         in the sampler (teacher forcing) and is pulled to the NTP state at `p` (which predicts `x_{p+1}` too).
-        `batch`: `input_ids`, `loss_mask [N, S]`, optional `lengths [N]`, `anchors`/`anchor_keep [N, K]`.
+        `batch` (the trainer's collate): `input_ids`, `loss_mask [N, S]`, `lengths [N]`; optional `anchors`/`anchor_keep [N, K]`.
         """
-        ids, lm = batch["input_ids"], batch["loss_mask"].bool()
-        n, s = ids.shape
-        lengths = batch.get("lengths")
-        if lengths is None:
-            lengths = torch.full((n,), s, device=ids.device)
-        anchors, keep = batch.get("anchors"), batch.get("anchor_keep")
-        if anchors is None:
-            anchors, keep = self.sample_anchors(lm, lengths, generator)
-        k = self.cfg.num_masks
+        ids, lm, lengths = batch["input_ids"], batch["loss_mask"].bool(), batch["lengths"]
+        s, k = ids.shape[1], self.cfg.num_masks
+        anchors, keep = ((batch["anchors"], batch["anchor_keep"]) if "anchors" in batch
+                         else self.sample_anchors(lm, lengths, generator))
         h, h_clean = self.mask_states(ids, anchors, keep)  # [N, K, k, H], [N, S, H]
         pos = anchors[..., None] + 1 + torch.arange(k, device=ids.device)  # [N, K, k]
         nxt = (pos + 1).clamp(max=s - 1).flatten(1)
@@ -491,12 +487,6 @@ class MTPDecoder(SpeculativeDecoder):
 
 # -- the method ------------------------------------------------------------------------------------------
 
-def _as_bool(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 class MTPMethod(Method):
     """Decode options (`-o KEY=VALUE`): `decoding` quadratic|linear (the issue's `--decoding linear`),
     `sampler` (false = ablation: LM-head argmax on each mask state). `--depth` is the number of masks k
@@ -520,30 +510,26 @@ class MTPMethod(Method):
             raise SpecbenchError(f"mtp takes options {', '.join([*self.DECODE_OPTIONS, *self.DRAFTER_OPTIONS])}; "
                                  f"got {sorted(unknown)}")
         opts = {**self.DECODE_OPTIONS, **{k: v for k, v in options.items() if k in self.DECODE_OPTIONS}}
-        opts["sampler"] = _as_bool(opts["sampler"])
+        opts["sampler"] = str(opts["sampler"]).strip().lower() not in ("0", "false", "no", "off")  # -o sampler=false
         if opts["decoding"] not in DECODINGS:
             raise SpecbenchError(f"mtp decoding must be one of {', '.join(DECODINGS)}, got {opts['decoding']!r}")
         super().__init__(target, depth=depth, **options)
         self.opts = opts
-        wanted = {k: v for k, v in options.items() if k in self.DRAFTER_OPTIONS}
-        if drafter == "auto":
-            from specbench.training.store import resolve_drafter
+        from specbench.training.store import resolve_drafter
 
-            drafter = resolve_drafter(self.name, target, "auto", options=options)
-        if isinstance(drafter, MTPDrafter):
-            self.drafter, self.drafter_path = drafter, None
-        elif drafter:
-            self.drafter, self.drafter_path = MTPDrafter.load(drafter, target), str(drafter)
-        else:
+        if not isinstance(drafter, MTPDrafter):
+            drafter = resolve_drafter(self.name, target, drafter, options=options)  # "auto" -> a folder
+        if drafter is None or drafter == "":
             raise SpecbenchError("mtp needs a trained drafter: pass --drafter PATH|auto (train one with "
                                  "`specbench train --method mtp`)")
-        self.drafter.eval()
+        self.drafter_path = None if isinstance(drafter, MTPDrafter) else str(drafter)
+        self.drafter = (drafter if self.drafter_path is None else MTPDrafter.load(drafter, target)).eval()
         cfg = self.drafter.cfg
-        expected = MTPDrafter.default_config(target, **wanted)
-        for key in wanted:
-            if getattr(expected, key) != getattr(cfg, key):
-                raise SpecbenchError(f"{key}={wanted[key]} but the drafter was trained with {getattr(cfg, key)}; "
-                                     "drafter options are fixed at training time")
+        wanted = {k: v for k, v in options.items() if k in self.DRAFTER_OPTIONS}
+        expected = dataclasses.asdict(MTPDrafter.default_config(target, **wanted))
+        clash = [f"{k}={wanted[k]} (trained with {getattr(cfg, k)})" for k in wanted if expected[k] != getattr(cfg, k)]
+        if clash:
+            raise SpecbenchError(f"drafter options are fixed at training time: {', '.join(clash)}")
         if self.depth is None:
             self.depth = cfg.num_masks
         if not 1 <= self.depth <= cfg.num_masks:

@@ -15,18 +15,21 @@ from specbench.methods import build_method
 from specbench.methods.mtp import MTPDrafter, MTPMethod, block_layout, training_visibility
 from specbench.sampling import SamplingConfig
 from specbench.testing import lossless
+from specbench.training.data import TrainExample, collate
 
 FAMILIES = ["tiny-random-llama", "tiny-random-qwen3"]
 K = 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny models on a shared machine: one intra-op thread (`lossless.one_thread`)."""
     with lossless.one_thread(pause_gc=False):
         yield
 
 
-def _grid(rows: list[str]) -> torch.Tensor:
+def visibility(rows: list[str]) -> torch.Tensor:
+    """A spec diagram (`1` visible, `.` not) as a bool matrix."""
     return torch.tensor([[c == "1" for c in r.split()] for r in rows])
 
 
@@ -34,13 +37,8 @@ def self_distilled_batch(target, n: int = 6, max_new_tokens: int = 32) -> dict:
     """The target's own greedy continuations of kit prompts, as the shared trainer collates them."""
     prompts = lossless.kit_prompts(target)[:n]
     outs = lossless.ar_reference(target, prompts, max_new_tokens)
-    seqs = [p + o for p, o in zip(prompts, outs)]
-    ids = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
-    loss_mask = torch.zeros_like(ids)
-    for i, (p, s) in enumerate(zip(prompts, seqs)):
-        ids[i, : len(s)] = torch.tensor(s)
-        loss_mask[i, len(p): len(s)] = 1
-    return {"input_ids": ids, "loss_mask": loss_mask, "lengths": torch.tensor(list(map(len, seqs)))}
+    return collate([TrainExample(str(i), p + o, [0] * len(p) + [1] * len(o))
+                    for i, (p, o) in enumerate(zip(prompts, outs))], pad_id=0)
 
 
 @functools.lru_cache(maxsize=4)
@@ -83,7 +81,7 @@ def test_quadratic_layout_is_the_b51_diagram():
     interleaved order [x0, m, m, s1, m, m, s2, m, m]."""
     intra, depths = block_layout(torch.arange(3)[None], width=3, masks=2)
     order = torch.tensor([0, 3, 4, 1, 5, 6, 2, 7, 8])  # spec row -> our row
-    want = _grid(["1 . . . . . . . .",
+    want = visibility(["1 . . . . . . . .",
                   "1 1 . . . . . . .",
                   "1 1 1 . . . . . .",
                   "1 . . 1 . . . . .",
@@ -113,7 +111,7 @@ def test_prompt_block_sits_after_the_committed_cache():
 def test_training_visibility_is_the_b4_layout():
     """Two anchors (t = 1, 3), k = 2, sequence of 5: block i sees clean <= t_i and itself causally."""
     see = training_visibility(torch.tensor([[1, 3]]), torch.tensor([[True, True]]), 5, 2)[0, 0]
-    assert torch.equal(see, _grid(["1 1 . . . 1 . . .",
+    assert torch.equal(see, visibility(["1 1 . . . 1 . . .",
                                    "1 1 . . . 1 1 . .",
                                    "1 1 1 1 . . . 1 .",
                                    "1 1 1 1 . . . 1 1"]))
@@ -254,7 +252,7 @@ def test_options_and_describe():
         mtp(target, bogus=1)
     with pytest.raises(SpecbenchError, match="depth"):
         MTPMethod(target, depth=K + 1, drafter=trained_drafter(target.name))
-    with pytest.raises(SpecbenchError, match="fixed at training"):
+    with pytest.raises(SpecbenchError, match="fixed at training time: rank=16"):
         mtp(target, rank=16)
     with pytest.raises(SpecbenchError, match="needs a trained drafter"):
         MTPMethod(target)
