@@ -81,6 +81,22 @@ def test_regen_is_resumable_and_equals_unbatched_greedy(tiny_llama):
         assert row["response_ids"] == alone.tokens and row["finish"] == alone.stopped_by
 
 
+def test_concurrent_regens_write_each_record_once(tiny_llama, tmp_path, monkeypatch):
+    """Two trainings started together share one corpus file: the lock makes the second wait and reuse."""
+    import threading
+
+    monkeypatch.setenv("SPECBENCH_CACHE_DIR", str(tmp_path))
+    source = DataSource("mix", 4)
+    threads = [threading.Thread(target=regenerate, args=(tiny_llama, source, SETTINGS),
+                                kwargs={"batch_size": 2, "progress": False}) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [r["id"] for r in read_records(corpus_path(tiny_llama, source, SETTINGS))]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 4
+
+
 def test_features_are_hooked_layer_outputs_and_the_forward_stops_early(tiny_llama):
     ids = torch.tensor([[5, 9, 14, 3, 7, 21]])
     with torch.no_grad():

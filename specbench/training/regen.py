@@ -18,6 +18,7 @@ import json
 import os
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,32 @@ def _write(f, rec: dict) -> None:
 
 def regenerate(target, source: DataSource, settings: RegenSettings, batch_size: int = 8,
                progress: bool = True) -> RegenReport:
-    """Make sure every prompt of `source` has a response in its corpus file; resumable."""
+    """Make sure every prompt of `source` has a response in its corpus file; resumable, one writer at
+    a time."""
+    if batch_size < 1:
+        raise SpecbenchError(f"--batch-size must be >= 1, got {batch_size}")
+    path = corpus_path(target, source, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(path.with_suffix(".lock")):
+        return _regenerate(target, source, settings, batch_size, progress, path)
+
+
+@contextmanager
+def _exclusive(lock_path: Path):
+    """One writer per corpus file: two trainings started together (a sweep, a GPU running several
+    methods at once) would otherwise both append the same records and interleave lines."""
+    import fcntl
+
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _regenerate(target, source: DataSource, settings: RegenSettings, batch_size: int, progress: bool,
+                path: Path) -> RegenReport:
     from tqdm.auto import tqdm
 
     from specbench.decode import generate
@@ -121,9 +147,6 @@ def regenerate(target, source: DataSource, settings: RegenSettings, batch_size: 
     from specbench.sampling import SamplingConfig
     from specbench.timing import StepTimer
 
-    if batch_size < 1:
-        raise SpecbenchError(f"--batch-size must be >= 1, got {batch_size}")
-    path = corpus_path(target, source, settings)
     prompts = source.prompts()
     done = {r["id"] for r in read_records(path)} if path.exists() else set()
     todo = [p for p in prompts if p.id not in done]
