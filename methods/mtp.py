@@ -61,6 +61,7 @@ from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
 from specbench.engine.acceptance import accept_speculative
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
+from specbench.layers import RMSNorm
 from specbench.methods.base import Method
 from specbench.training.drafter import Drafter
 
@@ -168,9 +169,9 @@ class SamplerHead(nn.Module):
     def __init__(self, hidden: int, eps: float):
         super().__init__()
         self.fc1 = nn.Linear(2 * hidden, hidden, bias=False)
-        self.norm1 = nn.RMSNorm(hidden, eps=eps)
+        self.norm1 = RMSNorm(hidden, eps)
         self.fc2 = nn.Linear(hidden, hidden, bias=False)
-        self.norm2 = nn.RMSNorm(hidden, eps=eps)
+        self.norm2 = RMSNorm(hidden, eps)
 
     def forward(self, e: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         a1 = self.norm1(F.silu(self.fc1(torch.cat([e, h], -1))))
