@@ -187,7 +187,7 @@ class MTPDrafter(Drafter):
     """Gated LoRA + `k` mask embeddings + sampler head on top of a frozen target (B.2).
 
     `MTPDrafter.for_target(target, **options)` builds a fresh one, `MTPDrafter.load(path, target)` a trained
-    one. The target's decoder, input embedding and LM head run through `self.t_*` (not parameters).
+    one. The target's decoder, input embedding and LM head run through `self.t` (not parameters).
     """
 
     method = "mtp"
