@@ -38,7 +38,7 @@ if [ "$phase" = phase2 ]; then
 from specbench.targets import load_target
 t = load_target('smollm2-135m', device='$DEV', dtype='float32'); print('fingerprint', t.fingerprint)" 2>&1 | tail -1
   echo "target cached at $(el) s"
-  METHODS=""; for m in eagle3 flexdraft dflash bita mtp; do [ -f methods/$m.py ] && METHODS="$METHODS $m"; done
+  METHODS=""; for m in ${ONLY:-eagle3 flexdraft dflash mtp bita}; do [ -f methods/$m.py ] && METHODS="$METHODS $m"; done
   declare -A OPTS=([eagle3]="-o draft_vocab_size=4096")
   for m in $METHODS; do
     timeout $(( BUDGET * 60 + 150 )) $SB train --method $m --target smollm2-135m --device $DEV --dtype float32 \
@@ -48,7 +48,7 @@ t = load_target('smollm2-135m', device='$DEV', dtype='float32'); print('fingerpr
   READY=""; for m in $METHODS; do [ -f $W/dr/$m/config.json ] && READY="$READY $W/dr/$m"; done
   python3 scripts/drafter_pack.py pack $W/pack 15 $READY
   ls $W/pack | head -4 | while read f; do cp $W/pack/$f $OUT/; done
-  for m in ar pld $METHODS; do
+  for m in $METHODS pld; do
     left=$(( DEADLINE - $(el) )); [ $left -lt 25 ] && { echo "skip $m: $left s left"; continue; }
     dr=""; [ -f $W/dr/$m/config.json ] && dr="--drafter $W/dr/$m"
     timeout $left $SB run --method $m --suite gsm8k --target smollm2-135m $dr --device $DEV --dtype float32 \
