@@ -39,7 +39,7 @@ def pack(outdir: str, chunk_mib: str, *dirs: str) -> None:
 
 
 def unpack(dest: str, *chunks: str) -> None:
-    blob = b"".join(Path(c).read_bytes() for c in sorted(chunks))
+    blob = b"".join(Path(c).read_bytes() for c in sorted(chunks, key=lambda c: Path(c).name))
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         tar.extractall(dest, filter="data")
     print(f"unpacked into {dest}: {sorted(p.name for p in Path(dest).iterdir())}")
