@@ -183,11 +183,15 @@ def sweep(axis_and_values, config_path, executor, address, cpus_per_cell, sweep_
     """Run a grid of cells: AXIS (batch-size|temperature|depth|suite|method|seed|target) over VALUES.
 
     Complete cells are skipped, partial ones resume; a failing cell is recorded and the sweep goes on
-    (exit code 1 if any failed). Options set every other field of the cells.
+    (exit code 1 if any failed). Options set every other field of the cells; an option typed on the
+    command line wins over the same field in --config's file.
     """
     from specbench.sweep import sweep_command
 
-    sys.exit(sweep_command(axis_and_values, config_path, o, executor, address, cpus_per_cell, sweep_id, dry_run))
+    ctx = click.get_current_context()
+    typed = {k for k in o if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    sys.exit(sweep_command(axis_and_values, config_path, o, executor, address, cpus_per_cell, sweep_id, dry_run,
+                           typed))
 
 
 @cli.command()

@@ -158,7 +158,7 @@ def yaml_grid(path: str | Path) -> tuple[dict[str, list], dict]:
     limits: [20]
     max_new_tokens: 128
     method_options:         # per method: one option set, or a list of them (each a separate cell)
-      flexdraft: [{mode: parallel}, {mode: decoupled}]
+      flexdraft: [{mode: parallel}, {mode: sequential}]
     ```
     """
     import yaml
@@ -348,8 +348,10 @@ def run_sweep(cells: list[Cell], results_dir: str | Path, executor, sweep_id: st
 
 
 def sweep_command(axis_and_values: tuple[str, ...], config_path: str | None, options: dict, executor_name: str,
-                  address: str | None, cpus_per_cell: int, sweep_id: str | None, dry_run: bool) -> int:
-    """The body of `specbench sweep`; returns the exit code (1 if any cell failed)."""
+                  address: str | None, cpus_per_cell: int, sweep_id: str | None, dry_run: bool,
+                  typed: set[str] = frozenset()) -> int:
+    """The body of `specbench sweep`; returns the exit code (1 if any cell failed). `typed`: options
+    given on the command line, which override the file's scalars (`--drafter DIR` over `drafter: auto`)."""
     from specbench.cli import config_from_options
     from specbench.executors import make_executor
 
@@ -358,7 +360,7 @@ def sweep_command(axis_and_values: tuple[str, ...], config_path: str | None, opt
         raise SpecbenchError("give either an axis with values or --config FILE, not both")
     if config_path:
         grid, scalars = yaml_grid(config_path)
-        base = dataclasses.replace(base, **scalars)
+        base = dataclasses.replace(base, **{k: v for k, v in scalars.items() if k not in typed})
     elif axis_and_values:
         grid = axis_grid(axis_and_values[0], list(axis_and_values[1:]))
     else:

@@ -116,6 +116,23 @@ def test_dry_run_lists_cells_and_runs_nothing(tmp_path):
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
+def test_typed_option_wins_over_the_sweep_file(tmp_path):
+    """`--drafter DIR` on the command line must beat the file's `drafter: auto`, or a sweep meant for
+    drafters trained elsewhere silently trains standard ones."""
+    def ids(text, *extra):
+        path = tmp_path / "s.yaml"
+        path.write_text(text)
+        result = CliRunner().invoke(cli, ["sweep", "--config", str(path), "--dry-run", *TINY, *extra,
+                                          "--results-dir", str(tmp_path / "r")])
+        assert result.exit_code == 0, result.output
+        return [line.strip() for line in result.output.splitlines()[1:]]
+
+    grid = "methods: [ar]\ntemperatures: [0]\n"
+    typed = ids(grid + "drafter: auto\n", "--drafter", str(tmp_path))
+    assert typed == ids(grid, "--drafter", str(tmp_path))
+    assert typed != ids(grid + "drafter: auto\n")
+
+
 # -- running ---------------------------------------------------------------------------------------------
 def _files(run_dir: Path) -> dict:
     return {p.name: (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
