@@ -260,4 +260,130 @@ def test_budget_minutes_become_a_stored_step_count(tiny_llama, examples, tmp_pat
     result = train(SkipHeadDrafter.for_target(tiny_llama), tiny_llama, examples[:4], examples[4:], cfg, tmp_path,
                    {}, progress=False, log=logs.append)
     planned = json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["total_steps"]
-    assert result.steps == planned >= 1 and "s per step" in logs[0]
+    assert result.steps == planned >= 1 and logs[0].startswith("budget 0.01 min: planned ")
+
+
+class FakeClock:
+    """`time.perf_counter` for the trainer: a training micro-batch (a `loss` call with grad) costs
+    `cost(n)` seconds, `n` counting those calls from 1; everything else is free."""
+
+    def __init__(self, monkeypatch, cost):
+        import types
+
+        from specbench.training import trainer
+
+        self.now, self.calls, self.cost = 0.0, 0, cost
+        monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: self.now))
+        real_loss = SkipHeadDrafter.loss
+
+        def timed_loss(drafter, batch):
+            if torch.is_grad_enabled():
+                self.calls += 1
+                self.now += self.cost(self.calls)
+            return real_loss(drafter, batch)
+
+        monkeypatch.setattr(SkipHeadDrafter, "loss", timed_loss)
+
+
+def test_budget_is_planned_from_the_steady_state_not_the_warm_up(tiny_llama, examples, tmp_path, monkeypatch):
+    """The first two micro-batches take 10 s (the old estimate timed exactly those), then 0.5 s each."""
+    from specbench.training.pipeline import train_drafter
+
+    FakeClock(monkeypatch, lambda n: 10.0 if n <= 2 else 0.5)
+    recipe = TrainingRecipe(data="gsm8k:6", max_new_tokens=8, max_length=512, budget_minutes=0.25, steps=None,
+                            batch_size=2, grad_accum=1, eval_size=2)
+    logs = []
+    out = train_drafter(SkipHeadDrafter, tiny_llama, tmp_path / "d", recipe, progress=False, log=logs.append)
+    budget = json.loads((out / "config.json").read_text())["training"]["budget"]
+    # untimed warm-up (10 s), timed 10 / 0.5 / 0.5 s: median 0.5 s -> 15 s / (0.5 s + eval) = 29 steps
+    # (the old estimate: 10 s per step -> 1 step); the real steps confirm it, so the re-plan after round(0.1 * 29) steps keeps it
+    assert budget["planned_step_seconds"] == 0.5 and budget["planned_steps"] == 29
+    assert budget["replanned_after"] == 3 and budget["replanned_step_seconds"] == 0.5
+    assert budget["steps"] == budget["replanned_steps"] == 29
+    assert budget["train_seconds"] == 14.5 and budget["budget_minutes"] == 0.25
+    assert "budget 0.25 min: planned 29 steps (0.5 s/step), re-planned to 29 after 3 steps (0.5 s/step)" in logs
+
+
+def _budget_cost(n):
+    """Warm-up 5 s, the estimate's micro-batches 0.1 s, the real steps (calls 5...) 0.3 s."""
+    return 5.0 if n == 1 else 0.1 if n <= 4 else 0.3
+
+
+def test_budget_is_replanned_from_the_first_real_steps(tiny_llama, examples, tmp_path, monkeypatch):
+    clock = FakeClock(monkeypatch, _budget_cost)
+    cfg = TrainConfig(budget_minutes=0.5, batch_size=2, lr=5e-3, eval_every=1000, checkpoint_every=1000)
+    logs = []
+    result = train(SkipHeadDrafter.for_target(tiny_llama), tiny_llama, examples[:4], examples[4:], cfg, tmp_path,
+                   {}, progress=False, log=logs.append)
+    # planned 30 s / (0.1 s + eval) = 299 steps, re-planned after min(10, round(0.1 * 299)) = 10 steps of 0.3 s:
+    # 10 + (30 s - 3 s) / (0.3 s + eval) = 10 + 89 steps
+    assert result.plan == {"planned_steps": 299, "planned_step_seconds": pytest.approx(0.1), "replan_after": 10,
+                           "replanned_steps": 99, "replanned_after": 10,
+                           "replanned_step_seconds": pytest.approx(0.3)}
+    assert result.steps == 99 and result.seconds == pytest.approx(99 * 0.3) and clock.calls == 4 + 99
+    assert logs == ["budget 0.5 min: planned 299 steps (0.1 s/step)",
+                    "budget 0.5 min: planned 299 steps (0.1 s/step), re-planned to 99 after 10 steps (0.3 s/step)"]
+    assert json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["total_steps"] == 99
+
+
+def test_steps_runs_are_not_planned(tiny_llama, examples, tmp_path, monkeypatch):
+    FakeClock(monkeypatch, _budget_cost)
+    logs = []
+    result = train(SkipHeadDrafter.for_target(tiny_llama), tiny_llama, examples[:4], examples[4:],
+                   TrainConfig(steps=12, batch_size=2), tmp_path, {}, progress=False, log=logs.append)
+    assert result.steps == 12 and result.plan == {} and not logs
+
+
+@pytest.mark.parametrize("stop_at", [5, 13])  # before the re-plan after step 10, and after it
+def test_budget_resume_keeps_the_replanned_total_and_is_bit_exact(tiny_llama, examples, tmp_path, monkeypatch,
+                                                                  stop_at):
+    cfg = TrainConfig(budget_minutes=0.2, batch_size=2, lr=5e-3, warmup_ratio=0.1, eval_every=5, checkpoint_every=4,
+                      eval_size=2)
+    data, held = examples[:4], examples[4:]
+
+    def fresh():
+        torch.manual_seed(1)
+        return SkipHeadDrafter.for_target(tiny_llama, dropout=0.2)
+
+    clock = FakeClock(monkeypatch, _budget_cost)
+    whole = fresh()
+    expected = train(whole, tiny_llama, data, held, cfg, tmp_path / "a", {}, progress=False, log=lambda s: None)
+    assert expected.plan["planned_steps"] > expected.plan["replanned_steps"] == expected.steps > stop_at
+
+    clock.calls = 0
+
+    def cost(n):
+        if n == 4 + stop_at:
+            raise KeyboardInterrupt
+        return _budget_cost(n)
+
+    clock.cost = cost
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh(), tiny_llama, data, held, cfg, tmp_path / "b", {}, progress=False, log=lambda s: None)
+    saved = json.loads((tmp_path / "b" / "checkpoint" / "trainer_state.json").read_text())
+    assert saved["step"] == (stop_at - 1) // 4 * 4 and ("replanned_steps" in saved["plan"]) == (stop_at > 10)
+
+    clock.cost = lambda n: 0.3  # the resumed session's steps cost what the first session's real steps did
+    resumed = SkipHeadDrafter.for_target(tiny_llama, dropout=0.2)
+    logs = []
+    result = train(resumed, tiny_llama, data, held, cfg, tmp_path / "b", {}, progress=False, log=logs.append)
+    assert result.steps == expected.steps and result.plan == pytest.approx(expected.plan)
+    assert result.total_seconds == pytest.approx(expected.total_seconds)
+    for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+    opt_a, opt_b = _optimizer_tensors(tmp_path / "a"), _optimizer_tensors(tmp_path / "b")
+    assert opt_a.keys() == opt_b.keys() and all(torch.equal(opt_a[k], opt_b[k]) for k in opt_a)
+
+
+def test_the_estimate_leaves_weights_and_rng_alone(tiny_llama, examples):
+    from specbench.training.trainer import estimate_step_seconds
+
+    drafter = SkipHeadDrafter.for_target(tiny_llama, dropout=0.2)
+    with torch.no_grad():
+        drafter.fc_out.weight.normal_()
+    before = {k: v.clone() for k, v in drafter.state_dict().items()}
+    rng = torch.get_rng_state()
+    assert estimate_step_seconds(drafter, tiny_llama, examples[:4], TrainConfig(budget_minutes=1, batch_size=2)) > 0
+    assert torch.equal(rng, torch.get_rng_state())
+    assert all(torch.equal(before[k], v) for k, v in drafter.state_dict().items())
+    assert all(p.grad is None for p in drafter.parameters())

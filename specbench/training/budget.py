@@ -10,9 +10,11 @@ budget; specbench keeps that rule with one recipe, used by `specbench train` wit
   (DESIGN.md §9), so the default target needs no generation. Other targets regenerate the same prompts.
 * **sequences** — at most 384 tokens (prompt + response); 64 held-out sequences for eval.
 * **budget** — 25 minutes of training wall time on the machine at hand (2 CPU cores here), turned into
-  a fixed step count by timing the first micro-batches; micro-batches of 8 sequences, no
-  accumulation. The step count, the measured step time and the throughput are recorded with the
-  drafter. `--steps N` gives a machine-independent run instead.
+  a fixed step count from the steady-state step time (an untimed warm-up micro-batch, then the
+  median of timed micro-batches plus the optimizer step), and re-planned once after the first few
+  real steps from their measured wall time so the total fits what is left of the budget; micro-batches
+  of 8 sequences, no accumulation. Both plans, the final step count, the training seconds and the
+  throughput are recorded with the drafter. `--steps N` gives a machine-independent run instead.
 
 A method may change optimiser hyper-parameters through `Drafter.training_defaults` (e.g. BiTA's lr),
 never the data or the budget.

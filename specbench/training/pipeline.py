@@ -68,7 +68,8 @@ def train_drafter(method: str | type[Drafter], target, out: str | Path, recipe: 
                 "data": data_info, "recipe": recipe.as_dict(), "drafter_config": drafter.config_dict()}
     result = train(drafter, target, train_set, eval_set, cfg, out, run_info, progress=progress, log=log)
     training = {**run_info, "hyper_parameters": cfg.as_dict(),
-                "budget": {"steps": result.steps, "budget_minutes": cfg.budget_minutes,
+                "budget": {"steps": result.steps, "budget_minutes": cfg.budget_minutes, **result.plan,
+                           "train_seconds": round(result.total_seconds, 1),
                            "train_seconds_last_session": round(result.seconds, 1),
                            "tokens_per_s": round(result.tokens_per_s, 1)},
                 "final_eval": result.final_eval, "history": result.history,

@@ -8,8 +8,13 @@ when the drafter asks for them.
 Resume is exact: the checkpoint holds the drafter, AdamW's moments and step counts, every RNG state
 and the step; the data order is a pure function of (seed, step) and the learning rate a pure
 function of the step, so an interrupted run continues bit-for-bit as if it had not stopped (fp32).
-A `--budget-minutes` run times two micro-batches first (RNG restored afterwards) and fixes the
-step count from that; the count is stored, so a resumed run keeps the same schedule.
+A `--budget-minutes` run plans a fixed step count (the cosine schedule needs a total) from the
+steady state: one untimed warm-up micro-batch, then the median of timed micro-batches and AdamW
+steps on a throwaway optimizer (weights and RNG restored afterwards). Warm-up costs (CUDA init,
+allocator growth, first-call kernel selection, start-up contention) can still skew that, so after
+the first few real steps, still inside the LR warm-up, the total is re-planned once from their
+measured wall time to fit the rest of the budget. The plan and the re-plan are stored in the
+checkpoint, so a resumed run keeps the same total.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ CHECKPOINT = "checkpoint"
 @dataclass
 class TrainConfig:
     steps: int | None = None  # optimizer steps; or
-    budget_minutes: float | None = None  # wall-clock budget, turned into steps by timing two micro-batches
+    budget_minutes: float | None = None  # training wall time, planned as steps (see `estimate_step_seconds`)
     batch_size: int = 8  # sequences per micro-batch
     grad_accum: int = 1
     lr: float = 1e-3
@@ -212,34 +217,87 @@ class TrainResult:
     final_eval: dict
     train_metrics: dict  # last step's
     history: list = field(default_factory=list)
+    plan: dict = field(default_factory=dict)  # a budget run's planned / re-planned step counts and step times
+    total_seconds: float = 0.0  # training wall time over every session of the run
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def estimate_step_seconds(drafter, target, examples, cfg: TrainConfig) -> float:
-    """Seconds per optimizer step, from two timed micro-batches (the first also warms up); no state changes."""
-    saved = rng_state()
-    times = []
-    for i in range(2):
-        t0 = time.perf_counter()
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def _clock(device: torch.device) -> float:
+    """`perf_counter` once the device's queued work is done."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def estimate_step_seconds(drafter, target, examples, cfg: TrainConfig, timed: int = 3) -> float:
+    """Steady-state seconds per optimizer step; the drafter's weights, the RNG and the real optimizer are untouched.
+
+    One untimed warm-up micro-batch and optimizer step (CUDA init, allocator growth, first-call kernel
+    selection), then `timed` more: the median micro-batch (batch, forward, backward) times `grad_accum`,
+    plus the median clip + AdamW step, run on a throwaway AdamW whose updates are undone.
+    """
+    saved_rng = rng_state()
+    params = [p for p in drafter.parameters() if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    optimizer = make_optimizer(params, cfg)
+    micro, update = [], []
+    for i in range(1 + timed):
+        t0 = _clock(target.device)
+        batch = prepare_batch(drafter, target, micro_batch(examples, i, cfg.batch_size, cfg.seed))
         with autocast(target.device):
-            loss, _ = drafter.loss(prepare_batch(drafter, target, micro_batch(examples, i, cfg.batch_size, cfg.seed)))
+            loss, _ = drafter.loss(batch)
         loss.backward()
-        if target.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    drafter.zero_grad(set_to_none=True)
-    set_rng_state(saved)
-    return times[-1] * cfg.grad_accum
+        t1 = _clock(target.device)
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t2 = _clock(target.device)
+        if i > 0:
+            micro.append(t1 - t0)
+            update.append(t2 - t1)
+    with torch.no_grad():
+        for p, s in zip(params, saved):
+            p.copy_(s)
+    del optimizer, saved
+    set_rng_state(saved_rng)
+    return _median(micro) * cfg.grad_accum + _median(update)
 
 
-def plan_steps(step_seconds: float, cfg: TrainConfig, n_eval: int) -> int:
-    """Optimizer steps that fit the budget, counting evals (a forward-only pass costs ~1/3 of a step)."""
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def plan_steps(step_seconds: float, cfg: TrainConfig, n_eval: int, seconds: float | None = None,
+               minimum: int = 1) -> int:
+    """Optimizer steps that fit `seconds` (default: the whole budget), counting evals (a forward-only
+    pass costs ~1/3 of a step)."""
     eval_seconds = step_seconds / cfg.grad_accum * math.ceil(n_eval / cfg.batch_size) / 3
     per_step = step_seconds + eval_seconds / max(1, cfg.eval_every)
-    return max(1, int(cfg.budget_minutes * 60 / per_step))
+    seconds = cfg.budget_minutes * 60 if seconds is None else seconds
+    return max(minimum, int(seconds / per_step))
+
+
+def replan_after(total: int, cfg: TrainConfig) -> int:
+    """The step after which a budget run re-plans: at most 10, and inside the LR warm-up."""
+    return min(10, max(1, round(cfg.warmup_ratio * total)))
+
+
+def plan_line(cfg: TrainConfig, plan: dict) -> str:
+    line = (f"budget {cfg.budget_minutes:g} min: planned {plan['planned_steps']} steps "
+            f"({plan['planned_step_seconds']:.3g} s/step)")
+    if "replanned_steps" in plan:
+        line += (f", re-planned to {plan['replanned_steps']} after {plan['replanned_after']} steps "
+                 f"({plan['replanned_step_seconds']:.3g} s/step)")
+    return line
 
 
 def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainExample], cfg: TrainConfig,
@@ -262,7 +320,7 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
     params = [p for p in drafter.parameters() if p.requires_grad]
     if not params:
         raise SpecbenchError(f"drafter {drafter.method} has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(params, cfg)
     identity = {"run_info": run_info, "config": cfg.as_dict()}
 
     torch.manual_seed(cfg.seed)
@@ -273,16 +331,18 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
             raise SpecbenchError(f"{out} holds a checkpoint of a different training run; use another --out "
                                  "or delete its checkpoint folder")
         step, total, history = state["step"], state["total_steps"], state["history"]
+        plan, seconds_before = state.get("plan") or {}, state.get("train_seconds", 0.0)
         log(f"resuming from step {step}/{total} in {out}")
     else:
-        step, history = 0, []
+        step, history, plan, seconds_before = 0, [], {}, 0.0
         if cfg.steps is not None:
             total = cfg.steps
         else:
             step_s = estimate_step_seconds(drafter, target, train_set, cfg)
             total = plan_steps(step_s, cfg, len(eval_set))
-            log(f"budget {cfg.budget_minutes:g} min: {step_s:.2f} s per step -> {total} steps")
-    state = {"identity": identity, "total_steps": total}
+            plan = {"planned_steps": total, "planned_step_seconds": step_s, "replan_after": replan_after(total, cfg)}
+            log(plan_line(cfg, plan))
+    first_step = step
 
     seconds, tokens, supervised = 0.0, 0, 0
     metrics = history[-1]["train"] if history else {}
@@ -313,6 +373,14 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t0
         metrics = {**sums, "lr": lr, "grad_norm": float(grad_norm)}
+        if plan and "replanned_steps" not in plan and step == plan["replan_after"]:
+            # the measured steady state of this session's steps, for what is left of the budget
+            step_s = seconds / (step - first_step)
+            left = cfg.budget_minutes * 60 - seconds_before - seconds
+            total = step + plan_steps(step_s, cfg, len(eval_set), left, minimum=0)
+            plan.update(replanned_steps=total, replanned_after=step, replanned_step_seconds=step_s)
+            bar.total = total
+            log(plan_line(cfg, plan))
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics.get('acc', float('nan')):.3f}",
                         tok_s=f"{tokens / seconds:.0f}")
@@ -323,6 +391,9 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
                 bar.write(f"step {step}/{total}: train loss {metrics['loss']:.4f}  eval loss "
                           f"{eval_metrics['loss']:.4f}  eval acc {eval_metrics.get('acc', float('nan')):.3f}")
         if step % cfg.checkpoint_every == 0 or step == total:
-            save_checkpoint(out, drafter, optimizer, {**state, "step": step, "history": history})
+            save_checkpoint(out, drafter, optimizer, {"identity": identity, "total_steps": total, "plan": plan,
+                                                      "train_seconds": seconds_before + seconds, "step": step,
+                                                      "history": history})
     bar.close()
-    return TrainResult(step, seconds, tokens, supervised, eval_metrics, metrics, history)
+    return TrainResult(step, seconds, tokens, supervised, eval_metrics, metrics, history, dict(plan),
+                       seconds_before + seconds)
