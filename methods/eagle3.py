@@ -583,9 +583,9 @@ class Eagle3Method(Method):
             notes.append(f"draft vocabulary {cfg.draft_vocab_size} of {cfg.vocab_size} (paper: 32000 of 128k-152k)")
         if (cfg.ttt_steps, cfg.decay) != (PAPER_TRAINING["ttt_steps"], PAPER_TRAINING["decay"]):
             notes.append(f"TTT {cfg.ttt_steps} steps, decay {cfg.decay} (paper: 7, 0.8)")
-        training = self.drafter.training_info or {}
-        if training:
-            notes.append("trained with the shared CPU trainer and standard recipe (issue 5), not the paper's data/budget")
+        if self.drafter.training_info:
+            notes.append("trained with the shared trainer and recipe (issue 5; the run's `drafter` block), not "
+                         "the paper's data/budget")
         return {"name": self.name, "depth": self.depth, "options": self.options, "drafter": self.drafter_path,
                 "drafter_parameters": self.drafter.parameter_count(),
                 "tokens_per_target_forward": t["total_tokens"], "tree": t, "paper_tree": PAPER_TREE,

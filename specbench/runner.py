@@ -29,6 +29,7 @@ from specbench.suites import get_suite
 from specbench.suites.base import Example
 from specbench.targets import Target, load_target
 from specbench.timing import StepTimer
+from specbench.training.drafter import drafter_provenance
 
 NEAR_TIE_RELATIVE_GAP = 1e-4
 WARMUP_TOKENS = 16
@@ -154,6 +155,7 @@ class Runner:
                                   options=config.method_options, progress=progress)
         self.method = build_method(config.method, self.target, depth=config.depth, drafter=drafter,
                                    **config.method_options)
+        self.drafter_path = drafter
         self.baseline = build_method("ar", self.target)
 
     # -- manifest ------------------------------------------------------------------------------------
@@ -167,6 +169,7 @@ class Runner:
                          "prompt_ids": [e.id for e in self.examples], "sampling": dataclasses.asdict(self.sampling)},
             "target": self.target.describe(),
             "method": self.method.describe(),
+            "drafter": drafter_provenance(self.drafter_path) if self.drafter_path else None,
             "suite": {"name": self.suite.name, "description": self.suite.description, "source": self.data_source},
             "arms": {"method": self.config.method, "baseline": "ar"},
             "timing": {"interleaved": "method and AR alternate first/second per batch",

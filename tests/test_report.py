@@ -225,6 +225,23 @@ def test_contended_runs_are_flagged(tmp_path):
     assert "up to 7.2 on 2 CPUs" in html
 
 
+def test_drafter_training_is_shown_and_unequal_training_is_flagged(tmp_path):
+    """τ of drafters trained for 971 vs 80 steps measures training as much as the method: say so, and
+    show each drafter's steps, wall time and device next to its cost."""
+    for method, steps in (("eagle3", 971), ("flexdraft", 80)):
+        run_dir = fake_run(tmp_path, method, default_depth=4, tokens_per_forward=5, drafter_parameters=10)
+        run_dir.update_manifest(drafter={"steps": steps, "train_seconds": 78.2, "device": "cuda", "eval_acc": 0.5})
+    html = unescape(build_report(results_dir=tmp_path, out=tmp_path / "r.html").html.read_text())
+    assert "trained for very different numbers of steps (eagle3 971, flexdraft 80)" in html
+    assert "971 steps · 78 s on cuda · held-out acc 0.50" in html
+
+
+def test_equal_drafter_training_is_not_flagged(tmp_path):
+    for method in ("eagle3", "flexdraft"):
+        fake_run(tmp_path, method, default_depth=4).update_manifest(drafter={"steps": 100})
+    assert "very different numbers of steps" not in build_report(results_dir=tmp_path, out=tmp_path / "r.html").html.read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "no complete runs in"),
     (["nosuchrun"], "no run 'nosuchrun'"),

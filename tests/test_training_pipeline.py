@@ -195,6 +195,17 @@ def test_store_round_trip_and_target_refusal(tiny_llama, tiny_qwen3, tmp_path, e
         SkipHeadDrafter.load(tmp_path / "nothing", tiny_llama)
 
 
+def test_drafter_provenance_summarises_the_training(tiny_llama, examples, tmp_path, monkeypatch):
+    from specbench.training.drafter import drafter_provenance
+
+    assert drafter_provenance(tmp_path) is None
+    monkeypatch.setenv("SPECBENCH_CACHE_DIR", str(tmp_path / "cache"))  # the module's store stays empty
+    path = resolve_drafter(SKIPHEAD, tiny_llama, "auto", recipe=RECIPE, progress=False, log=lambda s: None)
+    info = drafter_provenance(path)
+    assert info["steps"] == 3 and info["device"] == "cpu" and info["data"] == RECIPE.data
+    assert info["train_seconds"] >= 0 and 0 <= info["eval_acc"] <= 1
+
+
 def test_drafter_auto_trains_once_then_reuses(tiny_llama, examples):
     with pytest.raises(SpecbenchError, match="no cached"):
         resolve_drafter(SKIPHEAD, tiny_llama, "auto", train=False, recipe=RECIPE)

@@ -132,6 +132,20 @@ def _as_list(x) -> list[str]:
     return [str(v) for v in x] if isinstance(x, (list, tuple)) else [str(x)]
 
 
+def _drafter_training(manifest: dict) -> dict:
+    """Steps, wall time and device of the run's drafter: from the manifest's `drafter` block, or, for runs
+    recorded before it existed, from the drafter folder if it is still there."""
+    from specbench.training.drafter import drafter_provenance
+
+    d = manifest.get("drafter")
+    path = (manifest.get("method") or {}).get("drafter")
+    if d is None and isinstance(path, str):
+        d = drafter_provenance(path)
+    d = d or {}
+    return {"drafter_steps": d.get("steps"), "drafter_train_seconds": d.get("train_seconds"),
+            "drafter_train_device": d.get("device"), "drafter_eval_acc": d.get("eval_acc")}
+
+
 def run_row(run: LoadedRun) -> dict:
     m, s = run.manifest, run.summary or {}
     c = m.get("config", {})
@@ -161,6 +175,7 @@ def run_row(run: LoadedRun) -> dict:
                             default=None),
         "cpu_count": (m.get("executor") or {}).get("cpu_count"),
         "drafter_parameters": method.get("drafter_parameters"),
+        **_drafter_training(m),
         "tokens_per_target_forward": method.get("tokens_per_target_forward"),
         "faithful": faithful, "notes": " · ".join(notes),
         "extra_cost": json.dumps({k: v for k, v in method.items() if k not in _KNOWN_METHOD_FIELDS
@@ -343,6 +358,36 @@ def quality_frame(df: pd.DataFrame, pool: Pool) -> pd.DataFrame:
     return grouped(df, ["label", "depth_key", "suite", "temperature", "batch_size"], pool)
 
 
+def training_label(row) -> str:
+    """'971 steps · 78 s on cuda · acc 0.52' for a run row; '' for methods without a drafter."""
+    steps = row.get("drafter_steps")
+    if steps is None or steps != steps:
+        return ""
+    parts = [f"{int(steps)} steps"]
+    secs, device, acc = row.get("drafter_train_seconds"), row.get("drafter_train_device"), row.get("drafter_eval_acc")
+    if secs is not None and secs == secs:
+        parts.append(f"{secs:.0f} s" + (f" on {device}" if device else ""))
+    if acc is not None and acc == acc:
+        parts.append(f"held-out acc {acc:.2f}")
+    return " · ".join(parts)
+
+
+def drafter_step_warning(df: pd.DataFrame) -> str | None:
+    """Drafters compared in one table should have had the same training; say so when their step counts
+    differ by more than 2x (the budget is wall time, so a slow method gets fewer steps — by design —
+    but a reader must know)."""
+    steps = {}
+    for method, s in zip(df["method"], df.get("drafter_steps", [])):
+        if s is not None and s == s:
+            steps.setdefault(method, set()).add(int(s))
+    flat = {m: max(v) for m, v in steps.items()}
+    if len(flat) > 1 and max(flat.values()) > 2 * min(flat.values()):
+        listing = ", ".join(f"{m} {n}" for m, n in sorted(flat.items(), key=lambda kv: -kv[1]))
+        return (f"The drafters on this page were trained for very different numbers of steps ({listing}): "
+                "τ differences partly measure training, not only the method.")
+    return None
+
+
 def cost_frame(df: pd.DataFrame, head: Headline, pool: Pool) -> pd.DataFrame:
     """Drafter size and target work per committed token, the budget view of harness_anchors.md §5.7."""
     rows = []
@@ -353,6 +398,7 @@ def cost_frame(df: pd.DataFrame, head: Headline, pool: Pool) -> pd.DataFrame:
         tau, per_forward = s.get("tau"), first["tokens_per_target_forward"]
         row = {"label": label, "depth_key": depth_key, "depth": first["depth"],
                "drafter_parameters": first["drafter_parameters"], "tokens_per_target_forward": per_forward,
+               "drafter_training": training_label(first),
                "tau": tau, "target_forwards_per_100_tokens": 100 / tau if tau else None,
                "target_tokens_per_committed_token": per_forward / tau if tau and per_forward else None,
                "faithful": first["faithful"], "notes": first["notes"]}
@@ -381,4 +427,7 @@ def provenance_warnings(df: pd.DataFrame) -> list[str]:
             if len(values) > 1:
                 out.append(f"{target}: runs come from {len(values)} different {what} ({', '.join(values[:4])}"
                            f"{', …' if len(values) > 4 else ''}); compare across them with care.")
+        steps = drafter_step_warning(rows)
+        if steps:
+            out.append(f"{target}: {steps}")
     return out

@@ -318,17 +318,17 @@ def quality_items(target, df, pool) -> list:
 
 def cost_items(target, df, head, pool) -> list:
     frame = _with_row_labels(agg.cost_frame(df, head, pool))
-    extra = [c for c in frame.columns if c not in {"label", "depth_key", "depth", "drafter_parameters",
+    extra = [c for c in frame.columns if c not in {"label", "depth_key", "depth", "drafter_parameters", "drafter_training",
              "tokens_per_target_forward", "tau", "target_forwards_per_100_tokens",
              "target_tokens_per_committed_token", "faithful", "notes", "row_label"}]
     rows = []
     for label, depth_key in _rows_in_order(frame):
         r = _first(frame, label, depth_key)
-        rows.append([Cell(r["row_label"]), Cell(count(r["drafter_parameters"])),
+        rows.append([Cell(r["row_label"]), Cell(count(r["drafter_parameters"])), Cell(r["drafter_training"]),
                      Cell(num(r["tokens_per_target_forward"], 0)), Cell(num(r["tau"])),
                      Cell(num(r["target_forwards_per_100_tokens"], 1)),
                      Cell(num(r["target_tokens_per_committed_token"]))] + [Cell(num(r[c])) for c in extra])
-    return [Table(slug("cost", target), f"{target}: cost", ["method", "drafter parameters",
+    return [Table(slug("cost", target), f"{target}: cost", ["method", "drafter parameters", "drafter training",
                          "tokens per target forward", f"τ (T={head.temperature:g})", "target forwards / 100 tokens",
                          "target tokens / committed token"] + extra, rows, _csv(frame, target),
                          "From each method's own description in the manifest. tokens per target forward = verified "

@@ -148,6 +148,24 @@ class Drafter(nn.Module):
         return drafter
 
 
+def drafter_provenance(directory: str | Path) -> dict | None:
+    """How a drafter was trained, in a few fields, for a run's manifest: a drafter folder can be deleted
+    or retrained, the result files must still say what produced their τ (data, steps, wall time, device,
+    held-out accuracy). None when `directory` holds no specbench drafter."""
+    try:
+        raw = read_drafter_config(Path(directory))
+    except SpecbenchError:
+        return None
+    t = raw.get("training") or {}
+    budget, final, env = t.get("budget") or {}, t.get("final_eval") or {}, t.get("environment") or {}
+    return {"path": str(directory), "method": raw.get("method"), "parameters": raw.get("parameters"),
+            "data": (t.get("recipe") or {}).get("data") or (t.get("data") or {}).get("spec"),
+            "steps": budget.get("steps"), "budget_minutes": budget.get("budget_minutes"),
+            "train_seconds": budget.get("train_seconds", budget.get("train_seconds_last_session")),
+            "device": env.get("device"), "eval_loss": final.get("loss"), "eval_acc": final.get("acc"),
+            "transfer": t.get("transfer")}
+
+
 def read_drafter_config(directory: Path) -> dict:
     path = Path(directory) / "config.json"
     if not path.is_file():
