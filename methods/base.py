@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from specbench.decode import Decoder
+from specbench.errors import SpecbenchError
 from specbench.sampling import SamplingConfig
 
 
@@ -27,6 +28,19 @@ class Method:
         self.target = target
         self.depth = depth if depth is not None else self.default_depth
         self.options = options
+
+    def attach_drafter(self, drafter) -> None:
+        """Set `self.drafter` from a drafter object or a saved drafter folder (checked against the
+        target's fingerprint on load), in eval mode; one message for every method when there is none."""
+        cls = self.drafter_class
+        if isinstance(drafter, cls):
+            self.drafter, self.drafter_path = drafter.attach(self.target), None
+        elif drafter:
+            self.drafter, self.drafter_path = cls.load(drafter, self.target), str(drafter)
+        else:
+            raise SpecbenchError(f"{self.name} needs a trained drafter: pass --drafter PATH|auto (train one with "
+                                 f"`specbench train --method {self.name}`)")
+        self.drafter.eval()
 
     def make_decoder(self, sampling: SamplingConfig, generator: torch.Generator | None) -> Decoder:
         raise NotImplementedError

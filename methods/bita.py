@@ -439,14 +439,7 @@ class BiTAMethod(Method):
             from specbench.training.store import resolve_drafter
 
             drafter = resolve_drafter(self.name, target, "auto", options=options)
-        if isinstance(drafter, BiTADrafter):
-            self.drafter, self.drafter_path = drafter.attach(target), None
-        elif drafter:
-            self.drafter, self.drafter_path = BiTADrafter.load(drafter, target), str(drafter)
-        else:
-            raise SpecbenchError("bita needs a trained drafter: pass --drafter PATH|auto (train one with "
-                                 "`specbench train --method bita`)")
-        self.drafter.eval()
+        self.attach_drafter(drafter)
         cfg = self.drafter.cfg
         for key in set(options) & config_fields:
             if str(getattr(cfg, key)) != str(options[key]):

@@ -472,13 +472,7 @@ class DFlashMethod(Method):
     def __init__(self, target, depth=None, drafter=None, **options):
         """`options` are drafter config fields (they key `--drafter auto`); a loaded drafter must match."""
         super().__init__(target, depth=depth, **options)
-        if isinstance(drafter, DFlashDrafter):
-            self.drafter = drafter.attach(target)
-        elif drafter:
-            self.drafter = DFlashDrafter.load(drafter, target)
-        else:
-            raise SpecbenchError("dflash needs a trained drafter: --drafter PATH or --drafter auto (or train one "
-                                 "with `specbench train --method dflash`)")
+        self.attach_drafter(drafter)
         fields = set(DFlashConfig.__dataclass_fields__)
         unknown = set(options) - fields
         if unknown:
@@ -488,8 +482,6 @@ class DFlashMethod(Method):
                  and k != "mask_token" and getattr(self.drafter.cfg, k) != v}
         if clash:
             raise SpecbenchError(f"the dflash drafter was trained with a different {', '.join(sorted(clash))}")
-        self.drafter.eval()
-        self.drafter_path = drafter if isinstance(drafter, str) else None
         if self.depth is None:
             self.depth = self.drafter.cfg.block_size
 

@@ -546,14 +546,7 @@ class Eagle3Method(Method):
         self.total_tokens = int(total_tokens) if total_tokens is not None else tree["total_tokens"]
         if self.depth < 1 or self.top_k < 1 or self.total_tokens < 2:
             raise SpecbenchError("eagle3 needs --depth >= 1, top_k >= 1 and total_tokens >= 2")
-        if isinstance(drafter, Eagle3Drafter):
-            self.drafter, self.drafter_path = drafter.attach(target), None
-        elif drafter:
-            self.drafter, self.drafter_path = Eagle3Drafter.load(drafter, target), str(drafter)
-        else:
-            raise SpecbenchError("eagle3 needs a trained drafter: --drafter PATH or --drafter auto "
-                                 "(or `specbench train --method eagle3`)")
-        self.drafter.eval()
+        self.attach_drafter(drafter)
 
     @property
     def tree(self) -> dict:

@@ -690,14 +690,7 @@ class FlexDraftMethod(Method):
             from specbench.training.store import resolve_drafter
 
             drafter = resolve_drafter(self.name, target, "auto", options=options)
-        if isinstance(drafter, FlexDraftDrafter):
-            self.drafter, self.drafter_path = drafter, None
-        elif drafter:
-            self.drafter, self.drafter_path = FlexDraftDrafter.load(drafter, target), str(drafter)
-        else:
-            raise SpecbenchError("flexdraft needs a trained drafter: pass --drafter PATH|auto (train one with "
-                                 "`specbench train --method flexdraft`)")
-        self.drafter.eval()
+        self.attach_drafter(drafter)
         cfg = self.drafter.cfg
         expected = FlexDraftDrafter.default_config(target, **wanted)
         for key in wanted:

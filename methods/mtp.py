@@ -520,11 +520,7 @@ class MTPMethod(Method):
 
         if not isinstance(drafter, MTPDrafter):
             drafter = resolve_drafter(self.name, target, drafter, options=options)  # "auto" -> a folder
-        if drafter is None or drafter == "":
-            raise SpecbenchError("mtp needs a trained drafter: pass --drafter PATH|auto (train one with "
-                                 "`specbench train --method mtp`)")
-        self.drafter_path = None if isinstance(drafter, MTPDrafter) else str(drafter)
-        self.drafter = (drafter if self.drafter_path is None else MTPDrafter.load(drafter, target)).eval()
+        self.attach_drafter(drafter)
         cfg = self.drafter.cfg
         wanted = {k: v for k, v in options.items() if k in self.DRAFTER_OPTIONS}
         expected = dataclasses.asdict(MTPDrafter.default_config(target, **wanted))
