@@ -48,8 +48,10 @@ from specbench.training.features import capture_layers
 #: EAGLE-3's evaluation-script tree (A.4): top-k 10, depth 5 (6 drafted levels), 60 nodes incl. root
 PAPER_TREE = {"top_k": 10, "tree_depth": 6, "total_tokens": 60}
 #: smollm2-135m on 2 CPU cores: verification cost grows with the node count much faster than on a
-#: GPU, so a narrow tree wins (measurement in `.notes/eagle3.md`)
-CPU_TREE = {"top_k": 4, "tree_depth": 5, "total_tokens": 16}
+#: GPU (4 nodes 1.5x an AR step, 16 nodes 2.3x, 60 nodes 5.3x), so a chain wins. With a drafter at
+#: held-out acc 0.52, gsm8k --limit 10, 1 thread: chain 3 (4 nodes) tau 2.06 / 1.13x, chain 4 2.15 /
+#: 1.06x, tree 2/4/8 2.39 / 1.05x, tree 4/5/16 2.82 / 0.97x (`.notes/eagle3.md`, 2026-11-26)
+CPU_TREE = {"top_k": 1, "tree_depth": 3, "total_tokens": 4}
 PAPER_TRAINING = {"ttt_steps": 7, "decay": 0.8, "draft_vocab_size": 32000}
 #: on CPU the draft head's weight read dominates a draft forward and a TTT training step: 4096 ids
 #: cover 96.6 % of smollm2-135m's supervised training tokens (12288, the paper's V/4, cover 100 %)

@@ -364,13 +364,13 @@ def test_save_load_registry_and_describe(tiny_qwen3, tmp_path):
     for (name, a), (_, b) in zip(drafter.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     info = method.describe()
-    assert info["tree"] == {"mode": "tree", "top_k": 4, "tree_depth": 5, "eagle_depth": 4, "total_tokens": 16,
+    assert info["tree"] == {"mode": "chain", "top_k": 1, "tree_depth": 3, "eagle_depth": 2, "total_tokens": 4,
                             "defaults": "cpu"}
-    assert info["tokens_per_target_forward"] == 16
+    assert info["tokens_per_target_forward"] == 4
     assert info["drafter_parameters"] == drafter.parameter_count() > 0
     assert info["faithful"] is False and info["notes"]
-    chain = build_method("eagle3", tiny_qwen3, depth=3, drafter=drafter, top_k=1).describe()["tree"]
-    assert chain["mode"] == "chain" and chain["total_tokens"] == 4
+    tree = build_method("eagle3", tiny_qwen3, depth=5, drafter=drafter, top_k=4, total_tokens=16).describe()["tree"]
+    assert tree["mode"] == "tree" and tree["total_tokens"] == 16
     from specbench.errors import SpecbenchError
 
     with pytest.raises(SpecbenchError):
