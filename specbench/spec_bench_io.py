@@ -97,6 +97,7 @@ def answer_line(record: dict, run_id: str, model: str, tstamp: float, config: di
                           "stopped_by": [t.get("stopped_by") for t in turns],
                           "batch_spans_ms": [t.get("batch_spans_ms") for t in turns],
                           "accept_lengths": [t["accept_lengths"] for t in turns],  # as recorded, untruncated
+                          "draft_lengths": [t.get("draft_lengths") for t in turns],
                           "exact_match": record.get("exact_match"), "temperature": config.get("temperature"),
                           "depth": depth,
                           "first_divergence": record.get("first_divergence")}}
@@ -280,7 +281,8 @@ def _turns_of(line: dict, extras: dict | None) -> tuple[list[dict], bool]:
                         prompt_tokens=(extras.get("prompt_tokens") or [None] * n)[t],
                         stopped_by=(extras.get("stopped_by") or [None] * n)[t],
                         batch_spans_ms=(extras.get("batch_spans_ms") or [None] * n)[t],
-                        accept_lengths=extras["accept_lengths"][t])
+                        accept_lengths=extras["accept_lengths"][t],
+                        draft_lengths=(extras.get("draft_lengths") or [None] * n)[t])
         else:
             # τ counts what the file's steps committed (Spec-Bench's "#Mean accepted tokens"); the file
             # cannot say which token came from prefill (metrics.tau_stats reads `decode_tokens`)
