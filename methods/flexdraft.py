@@ -664,8 +664,13 @@ class FlexDraftMethod(Method):
     needs_drafter = True
     default_depth = None  # the drafter's trained block size
     drafter_class = FlexDraftDrafter
-    DECODE_OPTIONS = {"mode": "flex", "calibration": True, "threshold": 0.01, "batch_threshold": 2,
+    DECODE_OPTIONS = {"mode": "flex", "calibration": True, "threshold": 0.01, "batch_threshold": None,
                       "draft_sampling": "greedy"}
+    #: flex switch (E.9): the paper drafts inside the verify pass while a small batch leaves a GPU idle
+    #: (batch <= 2); 2 CPU cores have no idle compute at any batch, and the fused pass lost at batch 1
+    #: (gsm8k b1: parallel 0.36x, sequential 0.39x, CIs apart; `.notes/flexdraft.md`), so CPU flex is
+    #: sequential throughout.
+    BATCH_THRESHOLD = {"cuda": 2, "cpu": 0}
     DRAFTER_OPTIONS = ("draft_layers", "block_size", "gamma", "calibration", "calib_rank", "raw_loss_weight",
                        "num_anchors")
 
@@ -678,6 +683,8 @@ class FlexDraftMethod(Method):
                                  f"; got {sorted(unknown)}")
         opts = {**self.DECODE_OPTIONS, **{k: v for k, v in options.items() if k in self.DECODE_OPTIONS}}
         opts["calibration"] = _as_bool(opts["calibration"])
+        if opts["batch_threshold"] is None:
+            opts["batch_threshold"] = self.BATCH_THRESHOLD.get(target.device.type, 2)
         opts["threshold"], opts["batch_threshold"] = float(opts["threshold"]), int(opts["batch_threshold"])
         if opts["mode"] not in MODES:
             raise SpecbenchError(f"flexdraft mode must be one of {', '.join(MODES)}, got {opts['mode']!r}")
@@ -723,6 +730,8 @@ class FlexDraftMethod(Method):
             "in a batch v is the maximum over rows, rows accept up to their own v",
             "batch > 1 with per-row acceptance and per-row cache lengths (the release is effectively batch 1)",
             "flex switch uses the tensor batch size, fixed per batch (stopped rows stay in the tensors)",
+            f"flex: parallel at batch <= {o['batch_threshold']} (default 2 on GPU as in the paper, 0 on CPU where "
+            "the fused pass measured slower at batch 1)",
             "prefill = the engine's target prefill + one sequential draft, identical to E.4's fused prefill",
             "parallel mode: drafting happens inside the verify pass (timed as verify); the post-pass LM head "
             "and calibration of the selected group are timed as draft",

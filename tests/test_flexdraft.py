@@ -86,7 +86,16 @@ def flex(target, **options) -> FlexDraftMethod:
     else:
         torch.manual_seed(0)
         drafter = FlexDraftDrafter.for_target(target, block_size=BLOCK, calib_rank=8).eval()
+    options.setdefault("batch_threshold", 2)  # the paper's switch, so batch 1 exercises the parallel pass
     return build_method("flexdraft", target, drafter=drafter, **options)
+
+
+def test_flex_switch_defaults_to_sequential_on_cpu():
+    """E.9's parallel-at-small-batch assumes idle GPU compute; on CPU the default flex is sequential."""
+    target = lossless.load_tiny("tiny-random-llama")
+    method = build_method("flexdraft", target, drafter=trained_drafter(target.name))
+    assert method.opts["batch_threshold"] == 0
+    assert method.describe()["mask_rows_per_pass"] == method.describe()["depth"]  # sequential: B mask rows
 
 
 # -- layouts against the spec's diagrams -----------------------------------------------------------------
