@@ -37,6 +37,7 @@ from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
 from specbench.layers import RMSNorm, apply_rotary, rotary
 from specbench.methods.base import Method
+from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
 from specbench.training.features import capture_layers
 
@@ -288,25 +289,13 @@ class DFlashDrafter(Drafter):
     # -- training (B.2.2) ----------------------------------------------------------------------------
     def sample_anchors(self, input_ids, loss_mask, lengths, generator=None):
         """Up to `num_anchors` sorted response anchors per row, padded; `(anchors [N, n], keep [N, n])`."""
-        n_rows, s = input_ids.shape
+        s = input_ids.shape[1]
         valid = loss_mask.bool().clone()
         valid[:, :-1] &= loss_mask[:, 1:].bool()
         valid[:, -1] = False
         pos = torch.arange(s, device=input_ids.device)
         valid &= pos[None, :] < (lengths[:, None] - 1)
-        picks = []
-        for r in range(n_rows):
-            idx = valid[r].nonzero().flatten()
-            n = min(self.cfg.num_anchors, idx.numel())
-            order = torch.randperm(idx.numel(), generator=generator, device="cpu")[:n].to(idx.device)
-            picks.append(idx[order].sort().values)
-        width = max(1, max(p.numel() for p in picks))
-        anchors = torch.zeros(n_rows, width, dtype=torch.long, device=input_ids.device)
-        keep = torch.zeros(n_rows, width, dtype=torch.bool, device=input_ids.device)
-        for r, p in enumerate(picks):
-            anchors[r, : p.numel()] = p
-            keep[r, : p.numel()] = True
-        return anchors, keep
+        return pick_anchors(valid, self.cfg.num_anchors, generator)
 
     def block_forward(self, input_ids, features, anchors, keep, block_size=None):
         """One training-layout forward over all blocks; `(hidden [N, n, B, H], positions [N, n, B])`.

@@ -41,6 +41,7 @@ from specbench.errors import SpecbenchError
 from specbench.layers import RMSNorm, apply_rotary
 from specbench.methods.base import Method
 from specbench.sampling import logits_to_probs, sample
+from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
 
 #: the paper's / release's operating point (Qwen3-8B on A100, E.2, E.6, E.9)
@@ -380,24 +381,13 @@ class FlexDraftDrafter(Drafter):
     def sample_anchors(self, loss_mask: torch.Tensor, lengths: torch.Tensor, generator=None):
         """Up to `num_anchors` distinct sorted anchors `q` per row with `x_{q+1}` and `x_{q+2}` response
         tokens (E.10.1); `(anchors [N, K], keep [N, K])`, padded with `keep = False`."""
-        n, s = loss_mask.shape
+        s = loss_mask.shape[1]
         lm = loss_mask.bool()
         pos = torch.arange(s, device=lm.device)
         ok = torch.zeros_like(lm)
         ok[:, : s - 2] = lm[:, 1 : s - 1] & lm[:, 2:]
         ok &= (pos[None, :] + 2) < lengths[:, None]
-        picks = []
-        for r in range(n):
-            idx = ok[r].nonzero().flatten()
-            order = torch.randperm(idx.numel(), generator=generator)[: self.cfg.num_anchors].to(idx.device)
-            picks.append(idx[order].sort().values)
-        width = max(1, max(p.numel() for p in picks))
-        anchors = torch.zeros(n, width, dtype=torch.long, device=lm.device)
-        keep = torch.zeros(n, width, dtype=torch.bool, device=lm.device)
-        for r, p in enumerate(picks):
-            anchors[r, : p.numel()] = p
-            keep[r, : p.numel()] = True
-        return anchors, keep
+        return pick_anchors(ok, self.cfg.num_anchors, generator)
 
     def clean_cache(self, input_ids: torch.Tensor):
         """The efficient forward's first half (E.10.3): every layer's clean K/V (after k-norm and RoPE,

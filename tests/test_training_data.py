@@ -92,3 +92,19 @@ def test_shipped_records_apply_only_when_valid(tmp_path, monkeypatch):
     assert precomputed_records(target, RegenSettings(max_new_tokens=4, temperature=0.7)) == {}
     chat.system_prompt = "be brief"
     assert precomputed_records(target, RegenSettings(max_new_tokens=4)) == {}
+
+
+def test_pick_anchors_are_distinct_sorted_valid_and_padded():
+    from specbench.training.data import pick_anchors
+
+    valid = torch.zeros(3, 20, dtype=torch.bool)
+    valid[0, 5:15] = True
+    valid[1, [2, 7]] = True  # fewer valid positions than asked for
+    anchors, keep = pick_anchors(valid, 4, torch.Generator().manual_seed(0))
+    assert anchors.shape == keep.shape == (3, 4)
+    assert keep.sum(1).tolist() == [4, 2, 0]
+    assert anchors[1, :2].tolist() == [2, 7]
+    row = anchors[0][keep[0]]
+    assert valid[0, row].all() and row.unique().numel() == 4 and row.tolist() == sorted(row.tolist())
+    again, _ = pick_anchors(valid, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(anchors, again)

@@ -193,3 +193,22 @@ def collate(examples: list[TrainExample], pad_id: int) -> dict:
         mask[b, :n] = torch.tensor(e.loss_mask)
         attn[b, :n] = 1
     return {"input_ids": ids, "loss_mask": mask, "attention_mask": attn, "lengths": attn.sum(1)}
+
+
+def pick_anchors(valid: torch.Tensor, count: int, generator: torch.Generator | None = None):
+    """Up to `count` distinct positions per row where `valid [N, S]` holds, drawn at random and sorted;
+    `(anchors [N, K], keep [N, K])`, padded with `keep = False`. The block-drafter losses (DFlash B.2.1,
+    FlexDraft E.10.1) sample their training anchors this way; the permutation is drawn on the CPU so a
+    seeded generator gives the same anchors on any device."""
+    picks = []
+    for row in valid:
+        idx = row.nonzero().flatten()
+        order = torch.randperm(idx.numel(), generator=generator, device="cpu")[:count].to(idx.device)
+        picks.append(idx[order].sort().values)
+    width = max(1, max(p.numel() for p in picks))
+    anchors = torch.zeros(valid.shape[0], width, dtype=torch.long, device=valid.device)
+    keep = torch.zeros(valid.shape[0], width, dtype=torch.bool, device=valid.device)
+    for r, p in enumerate(picks):
+        anchors[r, : p.numel()] = p
+        keep[r, : p.numel()] = True
+    return anchors, keep
