@@ -51,7 +51,7 @@ from specbench.engine import TreeSpeculativeDecoder
 from specbench.engine.tree import TreeBatch
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
-from specbench.layers import apply_rotary
+from specbench.layers import apply_rotary, attention_shape
 from specbench.methods.base import Method
 from specbench.training.drafter import Drafter
 
@@ -153,7 +153,6 @@ class BiTADrafter(Drafter):
 
     def __init__(self, config: BiTAConfig):
         super().__init__(config)
-        self.cfg = config
         c = config
         self.prefix = nn.Parameter(torch.randn(c.num_prompts, c.num_target_layers, 2, c.prefix_head_count,
                                                c.head_dim))
@@ -166,11 +165,8 @@ class BiTADrafter(Drafter):
         if set(options) - known:
             raise SpecbenchError(f"bita drafter options are {', '.join(sorted(known))}; got "
                                  f"{sorted(set(options) - known)}")
-        attn = target.model.get_decoder().layers[0].self_attn
-        n_heads = c.num_attention_heads
-        return BiTAConfig(num_target_layers=c.num_hidden_layers, hidden_size=c.hidden_size, num_heads=n_heads,
-                          num_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
-                          head_dim=int(getattr(attn, "head_dim", c.hidden_size // n_heads)), **options)
+        return BiTAConfig(num_target_layers=c.num_hidden_layers, hidden_size=c.hidden_size, **attention_shape(c),
+                          **options)
 
     def attach(self, target) -> "BiTADrafter":
         super().attach(target)

@@ -35,7 +35,7 @@ from torch import nn
 from specbench.engine import ChainSpeculativeDecoder, Proposal
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
-from specbench.layers import RMSNorm, apply_rotary, rotary
+from specbench.layers import DecoderLayerShape, RMSNorm, apply_rotary, rotary
 from specbench.methods.base import Method
 from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
@@ -91,17 +91,9 @@ def choose_mask_token(tokenizer, embedding_rows: int) -> tuple[int | None, str |
 
 
 @dataclass
-class DFlashConfig:
+class DFlashConfig(DecoderLayerShape):
     """Everything needed to rebuild a drafter; saved as JSON next to the weights."""
 
-    target_hidden_size: int
-    hidden_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    rms_norm_eps: float
-    rope_theta: float
     num_layers: int
     block_size: int
     target_layer_ids: list[int]
@@ -126,9 +118,6 @@ class DFlashConfig:
         c = target.config
         layers = num_layers or CPU_DEFAULTS["num_layers"]
         block = block_size or CPU_DEFAULTS["block_size"]
-        n_heads = c.num_attention_heads
-        rope = getattr(c, "rope_parameters", None) or {}
-        theta = rope.get("rope_theta") or getattr(c, "rope_theta", None) or 10000.0
         if mask_token == "auto":
             mask_id, mask_text = choose_mask_token(target.tokenizer, target.model.get_input_embeddings().weight.shape[0])
         elif mask_token in (None, "learned"):
@@ -147,12 +136,7 @@ class DFlashConfig:
             mask_id = int(fields["mask_token_id"])
             mask_text = target.tokenizer.convert_ids_to_tokens(mask_id) if mask_id < len(target.tokenizer) else None
         fields["mask_token_id"] = mask_id
-        base = dict(
-            target_hidden_size=c.hidden_size, hidden_size=c.hidden_size, num_heads=n_heads,
-            num_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
-            head_dim=getattr(c, "head_dim", None) or c.hidden_size // n_heads,
-            intermediate_size=c.intermediate_size, rms_norm_eps=float(c.rms_norm_eps), rope_theta=float(theta),
-            num_layers=layers, block_size=block, mask_token=mask_text)
+        base = dict(DecoderLayerShape.of_target(c), num_layers=layers, block_size=block, mask_token=mask_text)
         base.update(fields)
         base["target_layer_ids"] = [int(i) for i in base["target_layer_ids"]]
         return cls(**base)
@@ -223,7 +207,7 @@ class DFlashDrafter(Drafter):
 
     def __init__(self, config: DFlashConfig):
         super().__init__(config)
-        cfg = self.cfg = config
+        cfg = config
         n_feat = len(cfg.target_layer_ids)
         self.fc = nn.Linear(n_feat * cfg.target_hidden_size, cfg.hidden_size, bias=False)
         self.hidden_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

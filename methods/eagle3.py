@@ -40,7 +40,7 @@ from torch import nn
 from specbench.engine import TreeBatch, TreeSpeculativeDecoder
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
-from specbench.layers import RMSNorm, apply_rotary, rotary
+from specbench.layers import DecoderLayerShape, RMSNorm, apply_rotary, rope_theta, rotary
 from specbench.methods.base import Method
 from specbench.training.drafter import Drafter
 from specbench.training.features import capture_layers
@@ -79,17 +79,9 @@ def default_draft_vocab_size(vocab_size: int, device_type: str = "cuda") -> int:
 
 
 @dataclass
-class Eagle3Config:
+class Eagle3Config(DecoderLayerShape):
     """Everything that rebuilds a drafter; dimensions equal the target's (A.1.2)."""
 
-    target_hidden_size: int
-    hidden_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    intermediate_size: int
-    rms_norm_eps: float
-    rope_theta: float
     vocab_size: int
     draft_vocab_size: int
     feature_layers: list[int]
@@ -247,16 +239,9 @@ class Eagle3Drafter(Drafter):
     @classmethod
     def default_config(cls, target, **options) -> Eagle3Config:
         c = target.config
-        n_heads = c.num_attention_heads
         qwen = str(getattr(c, "model_type", "")).startswith("qwen3")
-        rope = getattr(c, "rope_parameters", None) or {}
-        target_theta = rope.get("rope_theta") or getattr(c, "rope_theta", None) or 10000.0
         fields = dict(
-            target_hidden_size=c.hidden_size, hidden_size=c.hidden_size, num_heads=n_heads,
-            num_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
-            head_dim=getattr(c, "head_dim", None) or c.hidden_size // n_heads,
-            intermediate_size=c.intermediate_size, rms_norm_eps=float(c.rms_norm_eps),
-            rope_theta=float(target_theta) if qwen else 10000.0, vocab_size=target.vocab_size,
+            DecoderLayerShape.of_target(c), rope_theta=rope_theta(c) if qwen else 10000.0, vocab_size=target.vocab_size,
             draft_vocab_size=default_draft_vocab_size(target.vocab_size, target.device.type),
             feature_layers=feature_layer_ids(c.num_hidden_layers), qk_norm=qwen)
         unknown = set(options) - {f.name for f in dataclasses.fields(Eagle3Config)}

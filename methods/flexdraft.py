@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
 from specbench.engine.acceptance import accept_speculative
 from specbench.errors import SpecbenchError
-from specbench.layers import RMSNorm, apply_rotary
+from specbench.layers import RMSNorm, apply_rotary, attention_shape
 from specbench.methods.base import Method
 from specbench.sampling import logits_to_probs, sample
 from specbench.training.data import pick_anchors
@@ -270,7 +270,6 @@ class FlexDraftDrafter(Drafter):
 
     def __init__(self, config: FlexDraftConfig):
         super().__init__(config)
-        self.cfg = config
         self.t: _TargetParts | None = None
         self.mask_embedding = nn.Parameter(torch.randn(config.hidden_size) * 0.02)  # E.10.4: N(0, 0.02^2)
         self.attn = nn.ModuleList(DraftAttention(config) for _ in range(config.draft_layers))
@@ -281,7 +280,6 @@ class FlexDraftDrafter(Drafter):
     def default_config(cls, target, **options) -> FlexDraftConfig:
         """Shapes from the target; `options` set `draft_layers`, `block_size`, `gamma`, `calibration`..."""
         c = target.config
-        n_heads = c.num_attention_heads
         attn = target.model.get_decoder().layers[0].self_attn
         known = {f for f in FlexDraftConfig.__dataclass_fields__} - {
             "num_target_layers", "hidden_size", "vocab_size", "num_heads", "num_kv_heads", "head_dim",
@@ -291,9 +289,7 @@ class FlexDraftDrafter(Drafter):
             raise SpecbenchError(f"flexdraft drafter options are {', '.join(sorted(known))}; got {sorted(unknown)}")
         return FlexDraftConfig(
             num_target_layers=c.num_hidden_layers, hidden_size=c.hidden_size, vocab_size=target.vocab_size,
-            num_heads=n_heads, num_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
-            head_dim=int(getattr(attn, "head_dim", c.hidden_size // n_heads)),
-            attention_bias=bool(getattr(c, "attention_bias", False)),
+            **attention_shape(c), attention_bias=bool(getattr(c, "attention_bias", False)),
             qk_norm=getattr(attn, "q_norm", None) is not None, rms_norm_eps=float(c.rms_norm_eps), **options)
 
     def attach(self, target) -> "FlexDraftDrafter":

@@ -197,7 +197,6 @@ class MTPDrafter(Drafter):
 
     def __init__(self, config: MTPConfig):
         super().__init__(config)
-        self.cfg = config
         h = config.hidden_size
         self.mask_embeddings = nn.Parameter(torch.zeros(config.num_masks, h))
         self.lora = nn.ModuleList(

@@ -12,13 +12,52 @@ order and dtypes, and be independent of the installed transformers version:
   float32, cos/sin cast to the activations' dtype.
 
 `RMSNorm`'s parameter is named `weight`, as in HF: that name is part of the saved drafters' state-dict
-keys, so it must not change.
+keys, so it must not change. `attention_shape` / `DecoderLayerShape` read a target's layer geometry the
+one way every drafter needs it (GQA head counts, an explicit Qwen3 `head_dim`, RoPE theta from either
+transformers layout).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+def attention_shape(config) -> dict:
+    """`num_heads`, `num_kv_heads`, `head_dim` of a HF Llama / Qwen3 config."""
+    n = config.num_attention_heads
+    return {"num_heads": n, "num_kv_heads": getattr(config, "num_key_value_heads", None) or n,
+            "head_dim": int(getattr(config, "head_dim", None) or config.hidden_size // n)}
+
+
+def rope_theta(config) -> float:
+    """RoPE base: `rope_parameters["rope_theta"]` (transformers 5) or `rope_theta`, default 10000."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    return float(rope.get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
+
+
+@dataclass
+class DecoderLayerShape:
+    """The fields of a drafter that owns decoder layers shaped like the target's (eagle3 A.1.2, dflash
+    B.1.2); method configs extend it, and saved configs keep these names."""
+
+    target_hidden_size: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    rms_norm_eps: float
+    rope_theta: float
+
+    @staticmethod
+    def of_target(config) -> dict:
+        """These fields for layers the size of the target's (a dict, to merge with a method's own)."""
+        return {"target_hidden_size": config.hidden_size, "hidden_size": config.hidden_size,
+                **attention_shape(config), "intermediate_size": config.intermediate_size,
+                "rms_norm_eps": float(config.rms_norm_eps), "rope_theta": rope_theta(config)}
 
 
 class RMSNorm(nn.Module):

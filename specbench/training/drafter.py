@@ -74,6 +74,11 @@ class Drafter(nn.Module):
         """Called once on a fresh drafter with the training sequences (`TrainExample`s) before training,
         e.g. for EAGLE-3's draft vocabulary from assistant-token counts (eagle3_dflash.md A.1.4)."""
 
+    @property
+    def cfg(self):
+        """Short name for `config`, the one copy of the drafter's configuration."""
+        return self.config
+
     # -- target coupling ----------------------------------------------------------------------------
     @property
     def target(self):
