@@ -487,6 +487,6 @@ class BiTAMethod(Method):
             "drafter_config": {k: getattr(cfg, k) for k in ("num_masks", "num_prompts", "prefix_heads",
                                                             "prefix_dropout", "max_groups")},
             "paper_defaults": PAPER_DEFAULTS,
-            "faithful": True,
+            "faithful": False,  # reconstructed init, step layout and T > 0 rule, harness training (notes)
             "notes": notes,
         }

@@ -236,6 +236,7 @@ def test_save_load_round_trip_registry_and_describe(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v)
     method = build_method("bita", target, drafter=str(tmp_path / "bita"), tree="chain")
     d = method.describe()
+    assert d["faithful"] is False and any("[recon]" in n for n in d["notes"])  # the report must warn
     counts = drafter.parameter_counts()
     assert d["drafter_parameters"] == counts["total"] == drafter.parameter_count()
     assert counts["prefix"] == 4 * target.num_layers * 2 * target.config.num_attention_heads * drafter.cfg.head_dim
