@@ -155,7 +155,6 @@ class Runner:
                                   options=config.method_options, progress=progress)
         self.method = build_method(config.method, self.target, depth=config.depth, drafter=drafter,
                                    **config.method_options)
-        self.drafter_path = drafter
         self.baseline = build_method("ar", self.target)
 
     # -- manifest ------------------------------------------------------------------------------------
@@ -169,7 +168,7 @@ class Runner:
                          "prompt_ids": [e.id for e in self.examples], "sampling": dataclasses.asdict(self.sampling)},
             "target": self.target.describe(),
             "method": self.method.describe(),
-            "drafter": drafter_provenance(self.drafter_path) if self.drafter_path else None,
+            "drafter": drafter_provenance(path) if (path := getattr(self.method, "drafter_path", None)) else None,
             "suite": {"name": self.suite.name, "description": self.suite.description, "source": self.data_source},
             "arms": {"method": self.config.method, "baseline": "ar"},
             "timing": {"interleaved": "method and AR alternate first/second per batch",
