@@ -2,8 +2,8 @@
 # Train every drafter on a lent GPU and time the methods there (.notes/gpu.md has the results).
 #   phase1: unpack data, first half of the smollm2 GGUF, the gguf wheel (the device has no network)
 #   phase2: second half; train all methods in parallel for BUDGET minutes each (same data, same wall
-#           budget); pack drafters (fp16 chunks) and time each method against AR on gsm8k
-#   phase3: return the drafter chunks that did not fit phase2's 64 MiB
+#           budget); pack drafters (fp16 chunks), return the first 60 MiB of them
+#   phase3: return the remaining chunks; time each method against AR on gsm8k (DEADLINE s)
 # The files travel in .dev/ (git-ignored): gguf.part1/2, data.tar.xz, whl/.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site SPECBENCH_DATA_DIR=/tmp/work/data SPECBENCH_CACHE_DIR=/tmp/work/cache
@@ -31,7 +31,7 @@ if [ "$phase" = phase1 ]; then
 fi
 
 if [ "$phase" = phase2 ]; then
-  BUDGET=${BUDGET:-4}; DEADLINE=${DEADLINE:-560}; DEV=${DEV:-cuda}; LIMIT=${LIMIT:-10}; NEW=${NEW:-128}; mkdir -p $W/logs $W/dr $W/res
+  BUDGET=${BUDGET:-4}; DEV=${DEV:-cuda}; mkdir -p $W/logs $W/dr
   cat $W/gguf.part1 .dev/gguf.part2 > $GG && rm -f $W/gguf.part1
   install_specbench
   python3 -c "
@@ -48,7 +48,14 @@ t = load_target('smollm2-135m', device='$DEV', dtype='float32'); print('fingerpr
   READY=""; for m in $METHODS; do [ -f $W/dr/$m/config.json ] && READY="$READY $W/dr/$m"; done
   python3 scripts/drafter_pack.py pack $W/pack 15 $READY
   ls $W/pack | head -4 | while read f; do cp $W/pack/$f $OUT/; done
-  for m in $METHODS pld; do
+  tar -cJf $OUT/logs.tar.xz -C $W logs; echo "phase2 done in $(el) s"; exit 0
+fi
+
+if [ "$phase" = phase3 ]; then
+  DEADLINE=${DEADLINE:-400}; DEV=${DEV:-cuda}; LIMIT=${LIMIT:-5}; NEW=${NEW:-128}; mkdir -p $W/res
+  ls $W/pack | tail -n +5 | head -7 | while read f; do cp $W/pack/$f $OUT/; done; ls -la $OUT
+  [ -d /tmp/pkg ] && export PYTHONPATH=/tmp/pkg:$PYTHONPATH
+  for m in ${ONLY:-eagle3 flexdraft dflash mtp bita} pld; do
     left=$(( DEADLINE - $(el) )); [ $left -lt 25 ] && { echo "skip $m: $left s left"; continue; }
     dr=""; [ -f $W/dr/$m/config.json ] && dr="--drafter $W/dr/$m"
     timeout $left $SB run --method $m --suite gsm8k --target smollm2-135m $dr --device $DEV --dtype float32 \
@@ -56,9 +63,5 @@ t = load_target('smollm2-135m', device='$DEV', dtype='float32'); print('fingerpr
     echo "== run $m rc=$? at $(el) s"; tail -3 $W/logs/run-$m.log
   done
   nvidia-smi > $W/logs/nvidia-smi.txt 2>&1
-  tar -cJf $OUT/logs.tar.xz -C $W logs res; echo "phase2 done in $(el) s"; exit 0
-fi
-
-if [ "$phase" = phase3 ]; then
-  ls $W/pack | tail -n +5 | head -7 | while read f; do cp $W/pack/$f $OUT/; done; ls -la $OUT; exit 0
+  tar -cJf $OUT/logs-runs.tar.xz -C $W logs res; echo "phase3 done in $(el) s"; exit 0
 fi

@@ -308,11 +308,13 @@ def test_budget_is_planned_from_the_steady_state_not_the_warm_up(tiny_llama, exa
     budget = json.loads((out / "config.json").read_text())["training"]["budget"]
     # untimed warm-up (10 s), timed 10 / 0.5 / 0.5 s: median 0.5 s -> 15 s / (0.5 s + eval) = 29 steps
     # (the old estimate: 10 s per step -> 1 step); the real steps confirm it, so the re-plan after round(0.1 * 29) steps keeps it
+    # and the re-plans at 1/4, 1/2, 3/4 of 29 steps (7, 14, 22) keep it too
     assert budget["planned_step_seconds"] == 0.5 and budget["planned_steps"] == 29
-    assert budget["replanned_after"] == 3 and budget["replanned_step_seconds"] == 0.5
-    assert budget["steps"] == budget["replanned_steps"] == 29
+    assert budget["replans"] == [{"after": after, "steps": 29, "step_seconds": 0.5} for after in (3, 7, 14, 22)]
+    assert budget["steps"] == 29
     assert budget["train_seconds"] == 14.5 and budget["budget_minutes"] == 0.25
-    assert "budget 0.25 min: planned 29 steps (0.5 s/step), re-planned to 29 after 3 steps (0.5 s/step)" in logs
+    assert any(line.startswith("budget 0.25 min: planned 29 steps (0.5 s/step), re-planned to 29 after 3 steps "
+                               "(0.5 s/step), re-planned to 29 after 7 steps") for line in logs)
 
 
 def _budget_cost(n):
@@ -327,14 +329,30 @@ def test_budget_is_replanned_from_the_first_real_steps(tiny_llama, examples, tmp
     result = train(SkipHeadDrafter.for_target(tiny_llama), tiny_llama, examples[:4], examples[4:], cfg, tmp_path,
                    {}, progress=False, log=logs.append)
     # planned 30 s / (0.1 s + eval) = 299 steps, re-planned after min(10, round(0.1 * 299)) = 10 steps of 0.3 s:
-    # 10 + (30 s - 3 s) / (0.3 s + eval) = 10 + 89 steps
-    assert result.plan == {"planned_steps": 299, "planned_step_seconds": pytest.approx(0.1), "replan_after": 10,
-                           "replanned_steps": 99, "replanned_after": 10,
-                           "replanned_step_seconds": pytest.approx(0.3)}
+    # 10 + (30 s - 3 s) / (0.3 s + eval) = 10 + 89 steps; the steps keep costing 0.3 s, so the re-plans at
+    # round(99 / 4) = 25, 50 (round(49.5)) and 74 keep 99
+    assert {k: result.plan[k] for k in ("planned_steps", "replan_after")} == {"planned_steps": 299, "replan_after": 10}
+    assert result.plan["planned_step_seconds"] == pytest.approx(0.1)
+    assert [(r["after"], r["steps"]) for r in result.plan["replans"]] == [(10, 99), (25, 99), (50, 99), (74, 99)]
+    assert all(r["step_seconds"] == pytest.approx(0.3) for r in result.plan["replans"])
     assert result.steps == 99 and result.seconds == pytest.approx(99 * 0.3) and clock.calls == 4 + 99
-    assert logs == ["budget 0.5 min: planned 299 steps (0.1 s/step)",
-                    "budget 0.5 min: planned 299 steps (0.1 s/step), re-planned to 99 after 10 steps (0.3 s/step)"]
+    assert logs[:2] == ["budget 0.5 min: planned 299 steps (0.1 s/step)",
+                        "budget 0.5 min: planned 299 steps (0.1 s/step), re-planned to 99 after 10 steps (0.3 s/step)"]
     assert json.loads((tmp_path / "checkpoint" / "trainer_state.json").read_text())["total_steps"] == 99
+
+
+def test_a_budget_run_that_speeds_up_midway_still_spends_its_budget(tiny_llama, examples, tmp_path, monkeypatch):
+    """Drafters trained side by side on one GPU: steps cost 0.4 s until a neighbour finishes, then 0.2 s.
+    A single early re-plan stopped after ~75 steps (30 s at 0.4 s/step, about half of the budget spent once
+    the steps got faster); the later re-plans follow the speed-up and use the whole budget."""
+    clock = FakeClock(monkeypatch, lambda n: 0.1 if n <= 4 else 0.4 if n <= 4 + 20 else 0.2)
+    cfg = TrainConfig(budget_minutes=0.5, batch_size=2, lr=5e-3, eval_every=1000, checkpoint_every=1000)
+    result = train(SkipHeadDrafter.for_target(tiny_llama), tiny_llama, examples[:4], examples[4:], cfg, tmp_path,
+                   {}, progress=False, log=lambda s: None)
+    first, *later = result.plan["replans"]
+    assert first["after"] == 10 and first["step_seconds"] == pytest.approx(0.4) and first["steps"] < 80
+    assert later and later[-1]["step_seconds"] == pytest.approx(0.2) and result.steps > first["steps"]
+    assert 0.95 * 30 <= result.seconds <= 30 and clock.calls == 4 + result.steps
 
 
 def test_steps_runs_are_not_planned(tiny_llama, examples, tmp_path, monkeypatch):
@@ -359,7 +377,7 @@ def test_budget_resume_keeps_the_replanned_total_and_is_bit_exact(tiny_llama, ex
     clock = FakeClock(monkeypatch, _budget_cost)
     whole = fresh()
     expected = train(whole, tiny_llama, data, held, cfg, tmp_path / "a", {}, progress=False, log=lambda s: None)
-    assert expected.plan["planned_steps"] > expected.plan["replanned_steps"] == expected.steps > stop_at
+    assert expected.plan["planned_steps"] > expected.steps > stop_at and expected.plan["replans"][0]["after"] == 10
 
     clock.calls = 0
 
@@ -372,13 +390,17 @@ def test_budget_resume_keeps_the_replanned_total_and_is_bit_exact(tiny_llama, ex
     with pytest.raises(KeyboardInterrupt):
         train(fresh(), tiny_llama, data, held, cfg, tmp_path / "b", {}, progress=False, log=lambda s: None)
     saved = json.loads((tmp_path / "b" / "checkpoint" / "trainer_state.json").read_text())
-    assert saved["step"] == (stop_at - 1) // 4 * 4 and ("replanned_steps" in saved["plan"]) == (stop_at > 10)
+    assert saved["step"] == (stop_at - 1) // 4 * 4 and ("replans" in saved["plan"]) == (stop_at > 10)
 
     clock.cost = lambda n: 0.3  # the resumed session's steps cost what the first session's real steps did
     resumed = SkipHeadDrafter.for_target(tiny_llama, dropout=0.2)
     logs = []
     result = train(resumed, tiny_llama, data, held, cfg, tmp_path / "b", {}, progress=False, log=logs.append)
-    assert result.steps == expected.steps and result.plan == pytest.approx(expected.plan)
+    assert result.steps == expected.steps
+    assert {k: v for k, v in result.plan.items() if k != "replans"} == pytest.approx(
+        {k: v for k, v in expected.plan.items() if k != "replans"})
+    assert [(r["after"], r["steps"]) for r in result.plan["replans"]] == [
+        (r["after"], r["steps"]) for r in expected.plan["replans"]]
     assert result.total_seconds == pytest.approx(expected.total_seconds)
     for (name, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name

@@ -13,8 +13,11 @@ steady state: one untimed warm-up micro-batch, then the median of timed micro-ba
 steps on a throwaway optimizer (weights and RNG restored afterwards). Warm-up costs (CUDA init,
 allocator growth, first-call kernel selection, start-up contention) can still skew that, so after
 the first few real steps, still inside the LR warm-up, the total is re-planned once from their
-measured wall time to fit the rest of the budget. The plan and the re-plan are stored in the
-checkpoint, so a resumed run keeps the same total.
+measured wall time to fit the rest of the budget, and again at a quarter, half and three quarters of
+the total from the steps since the previous re-plan: drafters trained side by side on one GPU speed
+up when a neighbour finishes, and a single early re-plan left one of them half its budget unused.
+The cosine schedule follows the newest total. The plan and its re-plans are stored in the
+checkpoint, so a resumed run keeps the same total and the same remaining re-plan points.
 """
 
 from __future__ import annotations
@@ -286,17 +289,30 @@ def plan_steps(step_seconds: float, cfg: TrainConfig, n_eval: int, seconds: floa
     return max(minimum, int(seconds / per_step))
 
 
+REPLAN_FRACTIONS = (0.25, 0.5, 0.75)
+
+
 def replan_after(total: int, cfg: TrainConfig) -> int:
-    """The step after which a budget run re-plans: at most 10, and inside the LR warm-up."""
+    """The step after which a budget run first re-plans: at most 10, and inside the LR warm-up."""
     return min(10, max(1, round(cfg.warmup_ratio * total)))
+
+
+def next_replan(plan: dict, total: int) -> int | None:
+    """The step of the next re-plan: the first one, then each of `REPLAN_FRACTIONS` of the current
+    total that lies beyond the previous re-plan; None once they are all done."""
+    replans = plan.get("replans", [])
+    if not replans:
+        return plan["replan_after"]
+    later = [round(f * total) for f in REPLAN_FRACTIONS if round(f * total) > replans[-1]["after"]]
+    return later[0] if later else None
 
 
 def plan_line(cfg: TrainConfig, plan: dict) -> str:
     line = (f"budget {cfg.budget_minutes:g} min: planned {plan['planned_steps']} steps "
             f"({plan['planned_step_seconds']:.3g} s/step)")
-    if "replanned_steps" in plan:
-        line += (f", re-planned to {plan['replanned_steps']} after {plan['replanned_after']} steps "
-                 f"({plan['replanned_step_seconds']:.3g} s/step)")
+    for replan in plan.get("replans", []):
+        line += (f", re-planned to {replan['steps']} after {replan['after']} steps "
+                 f"({replan['step_seconds']:.3g} s/step)")
     return line
 
 
@@ -342,7 +358,7 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
             total = plan_steps(step_s, cfg, len(eval_set))
             plan = {"planned_steps": total, "planned_step_seconds": step_s, "replan_after": replan_after(total, cfg)}
             log(plan_line(cfg, plan))
-    first_step = step
+    window = (step, 0.0)  # (step, this session's seconds) at the start of the current re-plan window
 
     seconds, tokens, supervised = 0.0, 0, 0
     metrics = history[-1]["train"] if history else {}
@@ -373,12 +389,13 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
             torch.cuda.synchronize()
         seconds += time.perf_counter() - t0
         metrics = {**sums, "lr": lr, "grad_norm": float(grad_norm)}
-        if plan and "replanned_steps" not in plan and step == plan["replan_after"]:
-            # the measured steady state of this session's steps, for what is left of the budget
-            step_s = seconds / (step - first_step)
+        if plan and step == next_replan(plan, total) and step > window[0]:
+            # this window's measured s/step, for what is left of the budget
+            step_s = (seconds - window[1]) / (step - window[0])
             left = cfg.budget_minutes * 60 - seconds_before - seconds
             total = step + plan_steps(step_s, cfg, len(eval_set), left, minimum=0)
-            plan.update(replanned_steps=total, replanned_after=step, replanned_step_seconds=step_s)
+            plan.setdefault("replans", []).append({"after": step, "steps": total, "step_seconds": step_s})
+            window = (step, seconds)
             bar.total = total
             log(plan_line(cfg, plan))
         bar.update(1)
