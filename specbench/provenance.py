@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import socket
 import subprocess
@@ -49,9 +50,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> list[float] | None:
+    """1/5/15-minute load: timings on a shared CPU are only comparable at similar load."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def device_info(device: torch.device) -> dict:
     info = {"device": str(device), "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
-            "hostname": socket.gethostname(), "platform": platform.platform()}
+            "hostname": socket.gethostname(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "load_average": load_average()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda

@@ -292,7 +292,7 @@ class Runner:
                         "batch_size": bs, "depth": self.method.depth,
                         "speedup_note": "decode-only excludes prefill; e2e includes it; AR through the same loop"})
         run_dir.write_summary(summary)
-        run_dir.update_manifest(status="complete")
+        run_dir.update_manifest(status="complete", load_average_end=provenance.load_average())
         return run_dir
 
 

@@ -225,6 +225,17 @@ def test_contended_runs_are_flagged(tmp_path):
     assert "up to 7.2 on 2 CPUs" in html
 
 
+def test_contended_single_runs_are_flagged_from_their_own_load_readings(tmp_path):
+    """A `specbench run` outside a sweep has no executor samples: its start and end load readings count."""
+    run_dir = fake_run(tmp_path, "ar")
+    manifest = run_dir.read_manifest()
+    manifest["provenance"]["hardware"].update(cpu_count=2, load_average=[1.0, 1.0, 1.0])
+    run_dir.write_manifest({**manifest, "load_average_end": [3.5, 2.0, 1.0]})
+    html = unescape(build_report(results_dir=tmp_path, out=tmp_path / "r.html").html.read_text())
+    assert "1 of 1 runs were measured while the machine's 1-minute load average exceeded its CPU count" in html
+    assert "up to 3.5 on 2 CPUs" in html
+
+
 def test_drafter_training_is_shown_and_unequal_training_is_flagged(tmp_path):
     """τ of drafters trained for 971 vs 80 steps measures training as much as the method: say so, and
     show each drafter's steps, wall time and device next to its cost."""

@@ -23,6 +23,7 @@ def test_run_writes_manifest_records_summary(tmp_path, tiny_llama):
     assert manifest["target"]["fingerprint"] == tiny_llama.fingerprint
     assert manifest["suite"]["source"] == "data-dir:gsm8k/test.jsonl"
     assert manifest["provenance"]["versions"]["torch"] and manifest["provenance"]["hardware"]["torch_threads"] >= 1
+    assert len(manifest["provenance"]["hardware"]["load_average"]) == len(manifest["load_average_end"]) == 3
     assert manifest["target"]["chat"]["template_sha256"]
     records = run_dir.load_records()
     assert len(records) == 12 and {r["arm"] for r in records} == {"method", "baseline"}

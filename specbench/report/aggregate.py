@@ -132,6 +132,14 @@ def _as_list(x) -> list[str]:
     return [str(v) for v in x] if isinstance(x, (list, tuple)) else [str(x)]
 
 
+def _max_load(manifest: dict, hardware: dict) -> float | None:
+    """The highest 1-minute load seen around the run: the sweep executor's samples, else the run's own
+    start and end readings."""
+    samples = list((manifest.get("executor") or {}).get("load_average_1m") or [])
+    samples += [(hardware.get("load_average") or [None])[0], (manifest.get("load_average_end") or [None])[0]]
+    return max((x for x in samples if x is not None), default=None)
+
+
 def _drafter_training(manifest: dict) -> dict:
     """Steps, wall time and device of the run's drafter: from the manifest's `drafter` block, or, for runs
     recorded before it existed, from the drafter folder if it is still there."""
@@ -171,9 +179,8 @@ def run_row(run: LoadedRun) -> dict:
         "git_sha": (git.get("sha") or "")[:10] + ("+dirty" if git.get("dirty") else ""),
         "torch": versions.get("torch"), "transformers": versions.get("transformers"),
         "created": prov.get("created"), "executor": (m.get("executor") or {}).get("name", "specbench run"),
-        "load_average": max((x for x in (m.get("executor") or {}).get("load_average_1m") or [] if x is not None),
-                            default=None),
-        "cpu_count": (m.get("executor") or {}).get("cpu_count"),
+        "load_average": _max_load(m, hw),
+        "cpu_count": (m.get("executor") or {}).get("cpu_count") or hw.get("cpu_count"),
         "drafter_parameters": method.get("drafter_parameters"),
         **_drafter_training(m),
         "tokens_per_target_forward": method.get("tokens_per_target_forward"),
