@@ -5,6 +5,8 @@
 #           budget); pack drafters (fp16 chunks), return the first 60 MiB of them
 #   phase3: return the remaining chunks; time each method against AR on gsm8k (DEADLINE s)
 # The files travel in .dev/ (git-ignored): gguf.part1/2, data.tar.xz, whl/.
+# Timing on an H200 (2026-11-26): BUDGET=6 -> phase2 535 s (one call may run 600 s: keep BUDGET <= 6),
+# phase3 ~190 s with LIMIT=4; about 13 of a session's 15 device minutes in all.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site SPECBENCH_DATA_DIR=/tmp/work/data SPECBENCH_CACHE_DIR=/tmp/work/cache
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
