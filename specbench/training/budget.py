@@ -11,8 +11,9 @@ budget; specbench keeps that rule with one recipe, used by `specbench train` wit
 * **sequences** — at most 384 tokens (prompt + response); 64 held-out sequences for eval.
 * **budget** — 25 minutes of training wall time on the machine at hand (2 CPU cores here), turned into
   a fixed step count from the steady-state step time (an untimed warm-up micro-batch, then the
-  median of timed micro-batches plus the optimizer step), and re-planned once after the first few
-  real steps from their measured wall time so the total fits what is left of the budget; micro-batches
+  median of timed micro-batches plus the optimizer step), and re-planned after the first few real
+  steps and at 1/4, 1/2 and 3/4 of the run from the measured wall time of the steps since the previous
+  plan, so the total fits what is left of the budget even when the speed changes; micro-batches
   of 8 sequences, no accumulation. Both plans, the final step count, the training seconds and the
   throughput are recorded with the drafter. `--steps N` gives a machine-independent run instead.
 

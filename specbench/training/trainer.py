@@ -12,7 +12,7 @@ A `--budget-minutes` run plans a fixed step count (the cosine schedule needs a t
 steady state: one untimed warm-up micro-batch, then the median of timed micro-batches and AdamW
 steps on a throwaway optimizer (weights and RNG restored afterwards). Warm-up costs (CUDA init,
 allocator growth, first-call kernel selection, start-up contention) can still skew that, so after
-the first few real steps, still inside the LR warm-up, the total is re-planned once from their
+the first few real steps, still inside the LR warm-up, the total is re-planned from their
 measured wall time to fit the rest of the budget, and again at a quarter, half and three quarters of
 the total from the steps since the previous re-plan: drafters trained side by side on one GPU speed
 up when a neighbour finishes, and a single early re-plan left one of them half its budget unused.
