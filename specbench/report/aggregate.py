@@ -368,13 +368,13 @@ def quality_frame(df: pd.DataFrame, pool: Pool) -> pd.DataFrame:
 def training_label(row) -> str:
     """'971 steps · 78 s on cuda · acc 0.52' for a run row; '' for methods without a drafter."""
     steps = row.get("drafter_steps")
-    if steps is None or steps != steps:
+    if pd.isna(steps):
         return ""
     parts = [f"{int(steps)} steps"]
     secs, device, acc = row.get("drafter_train_seconds"), row.get("drafter_train_device"), row.get("drafter_eval_acc")
-    if secs is not None and secs == secs:
+    if pd.notna(secs):
         parts.append(f"{secs:.0f} s" + (f" on {device}" if device else ""))
-    if acc is not None and acc == acc:
+    if pd.notna(acc):
         parts.append(f"held-out acc {acc:.2f}")
     return " · ".join(parts)
 
@@ -385,7 +385,7 @@ def drafter_step_warning(df: pd.DataFrame) -> str | None:
     but a reader must know)."""
     steps = {}
     for method, s in zip(df["method"], df.get("drafter_steps", [])):
-        if s is not None and s == s:
+        if pd.notna(s):
             steps.setdefault(method, set()).add(int(s))
     flat = {m: max(v) for m, v in steps.items()}
     if len(flat) > 1 and max(flat.values()) > 2 * min(flat.values()):

@@ -385,11 +385,9 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        if target.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - t0
+        seconds += _clock(target.device) - t0
         metrics = {**sums, "lr": lr, "grad_norm": float(grad_norm)}
-        if plan and step == next_replan(plan, total) and step > window[0]:
+        if plan and step == next_replan(plan, total):
             # this window's measured s/step, for what is left of the budget
             step_s = (seconds - window[1]) / (step - window[0])
             left = cfg.budget_minutes * 60 - seconds_before - seconds
