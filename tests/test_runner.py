@@ -46,11 +46,10 @@ def test_records_store_draft_lengths_and_per_position_acceptance_uses_them(tmp_p
     assert steps and all(n - 1 <= d for n, d in steps)
     summary = json.loads((run_dir.path / "summary.json").read_text())
     assert summary["steps_without_draft_lengths"] == 0
-    # position 1 counts exactly the steps that drafted something
-    assert summary["per_position_steps"][0] == sum(d >= 1 for _, d in steps)
-    if summary["per_position_steps"][0]:
-        assert summary["per_position_acceptance"][0] == pytest.approx(
-            sum(n >= 2 for n, d in steps) / sum(d >= 1 for _, d in steps))
+    # position 1 counts exactly the steps that drafted something (some did, some did not: both cases occur)
+    drafted = sum(d >= 1 for _, d in steps)
+    assert 0 < drafted < len(steps) and summary["per_position_steps"][0] == drafted
+    assert summary["per_position_acceptance"][0] == pytest.approx(sum(n >= 2 for n, d in steps) / drafted)
 
 
 def test_records_without_draft_lengths_stay_readable(tmp_path):
