@@ -356,8 +356,9 @@ class BiTADecoder(TreeSpeculativeDecoder):
     def __init__(self, target, sampling, generator, drafter: BiTADrafter, depth: int, top_k: int):
         self.parents, self.level_sizes = tree_parents(depth, top_k, target.vocab_size)
         super().__init__(target, sampling, generator, depth, max_nodes=len(self.parents))
-        self.drafter, self.top_k = drafter, top_k
-        self._anchors = self._groups = self._selected = self.tree = None
+        self.drafter = drafter
+        self._anchors = self._groups = self._selected = None
+        self._parents = torch.tensor(self.parents, device=target.device)  # [nodes], the same tree every step
 
     def prefill(self, prompts, capacity):
         """The engine's (AR-identical) prefill with the root group hung off each prompt's last token."""
@@ -394,11 +395,10 @@ class BiTADecoder(TreeSpeculativeDecoder):
 
     def propose_tree(self, active: torch.Tensor) -> TreeBatch:
         """The LM head over the selected group and the top-k run here, so they are timed as draft."""
-        self.tree = self._next_tree()
-        b, n = self.tree.shape
-        parents = torch.tensor(self.parents, device=self.tree.device).expand(b, n)
+        tree = self._next_tree()
+        b, n = tree.shape
         valid = active[:, None].expand(b, n).clone()  # stopped rows verify only their root
-        return TreeBatch.from_parents(self.tree, parents, valid)
+        return TreeBatch.from_parents(tree, self._parents.expand(b, n), valid)
 
 
 # -- the method ------------------------------------------------------------------------------------------

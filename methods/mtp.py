@@ -46,7 +46,6 @@ engine's prefill instead of a first `[x_0, m_1..m_k]` draft step; CPU-sized defa
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -63,6 +62,7 @@ from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
 from specbench.layers import RMSNorm
 from specbench.methods.base import Method
+from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
 
 #: the paper's main setup (B.1, B.4 [2nd]); specbench's defaults are sized for the CPU budget
@@ -228,8 +228,6 @@ class MTPDrafter(Drafter):
         # a plain namespace, not submodules: the target stays out of parameters() and the saved weights
         self.t = SimpleNamespace(decoder=model.get_decoder(), embed=model.get_input_embeddings(),
                                  head=model.get_output_embeddings())
-        params = inspect.signature(self.t.decoder.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         layers = self.t.decoder.layers
         if len(layers) != self.cfg.num_layers:
             raise SpecbenchError(f"mtp drafter built for {self.cfg.num_layers} layers, target has {len(layers)}")
@@ -274,7 +272,7 @@ class MTPDrafter(Drafter):
         `gate None`: no adapters at all (the plain target)."""
         with self.adapters(gate) if gate is not None else nullcontext():
             out = self.t.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                                 **{self._cache_kwarg: cache})
+                                 **{self.target.cache_kwarg: cache})
         return out.last_hidden_state
 
     def joint_forward(self, tokens: torch.Tensor, anchors: torch.Tensor, cache, masks: int | None = None,
@@ -293,7 +291,8 @@ class MTPDrafter(Drafter):
         slots = torch.arange(m, device=tokens.device).repeat(anchors.shape[1])
         rows = self.mask_embeddings[slots].to(self.target.dtype).expand(b, -1, -1)
         embeds = torch.cat([self.t.embed(tokens), rows], 1)
-        gate = torch.cat([torch.zeros(b, w), torch.ones(b, rows.shape[1])], 1).to(tokens.device, embeds.dtype)
+        gate = torch.ones(b, w + rows.shape[1], device=tokens.device, dtype=embeds.dtype)
+        gate[:, :w] = 0
         h = self.run_target(embeds, gate if lora else None, positions, mask, cache)
         return self.t.head(h[:, :w]), h[:, w:].reshape(b, anchors.shape[1], m, -1)
 
@@ -313,17 +312,10 @@ class MTPDrafter(Drafter):
         """Up to `num_anchors` distinct sorted anchors `t` per row whose first mask has a label: `x_{t+2}`
         a response token inside the sequence. `(anchors [N, K], keep [N, K])`."""
         n, s = loss_mask.shape
-        dev = loss_mask.device
-        ok = torch.zeros(n, s, dtype=torch.bool, device=dev)
+        ok = torch.zeros(n, s, dtype=torch.bool, device=loss_mask.device)
         ok[:, : max(s - 2, 0)] = loss_mask[:, 2:].bool()
-        ok &= torch.arange(s, device=dev)[None, :] + 2 < lengths[:, None]
-        score = torch.rand(n, s, generator=generator).to(dev).masked_fill(~ok, -1.0)
-        top = score.topk(min(self.cfg.num_anchors, s), dim=1)
-        keep = top.values >= 0
-        anchors = torch.where(keep, top.indices, s)  # unused slots sort last
-        order = anchors.argsort(1)
-        anchors, keep = anchors.gather(1, order), keep.gather(1, order)
-        return anchors.clamp(max=s - 1), keep
+        ok &= torch.arange(s, device=loss_mask.device)[None, :] + 2 < lengths[:, None]
+        return pick_anchors(ok, self.cfg.num_anchors, generator)
 
     def clean_pass(self, input_ids: torch.Tensor, extra: int):
         """The clean sequence through the frozen target without gradients: `(cache holding every clean
@@ -334,20 +326,17 @@ class MTPDrafter(Drafter):
             positions = cache.begin_write(s)
             mask = cache.attention_mask(None, self.target.dtype)
             h = self.t.decoder(inputs_embeds=self.t.embed(input_ids), attention_mask=mask, position_ids=positions,
-                               use_cache=True, **{self._cache_kwarg: cache}).last_hidden_state
+                               use_cache=True, **{self.target.cache_kwarg: cache}).last_hidden_state
         cache.commit_prefix([s] * n)
         return cache, h
 
-    def mask_states(self, input_ids, anchors, keep, cache=None):
+    def mask_states(self, input_ids, anchors, keep):
         """Final-normed states `[N, K, k, H]` of every packed mask block (B.4 layout, two-pass forward),
         and the clean NTP states `[N, S, H]`."""
         n, s = input_ids.shape
         k = self.cfg.num_masks
         rows = anchors.shape[1] * k
-        if cache is None:
-            cache, h_clean = self.clean_pass(input_ids, rows)
-        else:
-            h_clean = None
+        cache, h_clean = self.clean_pass(input_ids, rows)
         visible = training_visibility(anchors, keep, s, k)
         cache.begin_write(rows)
         positions = (anchors[..., None] + 1 + torch.arange(k, device=anchors.device)).reshape(n, rows)

@@ -99,7 +99,7 @@ class Target:
             ids.add(self.tokenizer.eos_token_id)
         self.eos_token_ids = sorted(i for i in ids if i is not None)
         params = inspect.signature(self.model.forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        self.cache_kwarg = "cache" if "cache" in params else "past_key_values"  # the name across transformers versions
         template = getattr(self.tokenizer, "chat_template", None) or ""
         self.chat.template_hash = hashlib.sha256(template.encode()).hexdigest()[:16]
 
@@ -170,7 +170,7 @@ class Target:
             positions = positions[:, :1] + depths.to(positions.device).expand(positions.shape)
         mask = cache.attention_mask(intra, self.dtype)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         use_cache=True, logits_to_keep=logits_to_keep, **{self._cache_kwarg: cache})
+                         use_cache=True, logits_to_keep=logits_to_keep, **{self.cache_kwarg: cache})
         return out.logits
 
 
