@@ -415,15 +415,10 @@ class BiTAMethod(Method):
     default_depth = None
     drafter_class = BiTADrafter
     DECODE_OPTIONS = {"tree": "tree", "top_k": 5}
+    DRAFTER_OPTIONS = ("num_masks", "num_prompts", "prefix_heads", "prefix_dropout", "max_groups")
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
-        config_fields = set(BiTAConfig.__dataclass_fields__) - {"num_target_layers", "hidden_size", "num_heads",
-                                                                "num_kv_heads", "head_dim"}
-        unknown = set(options) - set(self.DECODE_OPTIONS) - config_fields
-        if unknown:
-            raise SpecbenchError(f"bita takes options {', '.join(self.DECODE_OPTIONS)} (and drafter config fields "
-                                 f"{', '.join(sorted(config_fields))}); got {sorted(unknown)}")
-        opts = {**self.DECODE_OPTIONS, **{k: v for k, v in options.items() if k in self.DECODE_OPTIONS}}
+        opts = self.split_options(options)
         if opts["tree"] not in LAYOUTS:
             raise SpecbenchError(f"bita tree must be one of {', '.join(LAYOUTS)}, got {opts['tree']!r}")
         opts["top_k"] = int(opts["top_k"])
@@ -431,16 +426,8 @@ class BiTAMethod(Method):
             raise SpecbenchError("bita top_k must be >= 1")
         super().__init__(target, depth=depth, **options)
         self.opts = opts
-        if drafter == "auto":
-            from specbench.training.store import resolve_drafter
-
-            drafter = resolve_drafter(self.name, target, "auto", options=options)
         self.attach_drafter(drafter)
         cfg = self.drafter.cfg
-        for key in set(options) & config_fields:
-            if str(getattr(cfg, key)) != str(options[key]):
-                raise SpecbenchError(f"{key}={options[key]} but the drafter was trained with {getattr(cfg, key)}; "
-                                     "drafter options are fixed at training time")
         self.depth = int(self.depth) if self.depth is not None else cfg.num_masks
         if not 1 <= self.depth <= cfg.num_masks:
             raise SpecbenchError(f"bita --depth is the number of mask tokens M: 1..{cfg.num_masks} for this "

@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from specbench.engine import ChainSpeculativeDecoder, Proposal
-from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
 from specbench.layers import DecoderLayerShape, RMSNorm, apply_rotary, rotary
 from specbench.methods.base import Method
@@ -444,17 +443,9 @@ class DFlashMethod(Method):
 
     def __init__(self, target, depth=None, drafter=None, **options):
         """`options` are drafter config fields (they key `--drafter auto`); a loaded drafter must match."""
+        self.split_options(options)
         super().__init__(target, depth=depth, **options)
         self.attach_drafter(drafter)
-        fields = set(DFlashConfig.__dataclass_fields__)
-        unknown = set(options) - fields
-        if unknown:
-            raise SpecbenchError(f"dflash options are drafter config fields ({', '.join(sorted(fields))}); "
-                                 f"got {', '.join(sorted(unknown))}")
-        clash = {k: v for k, v in options.items() if k in DFlashConfig.__dataclass_fields__
-                 and k != "mask_token" and getattr(self.drafter.cfg, k) != v}
-        if clash:
-            raise SpecbenchError(f"the dflash drafter was trained with a different {', '.join(sorted(clash))}")
         if self.depth is None:
             self.depth = self.drafter.cfg.block_size
 

@@ -517,14 +517,11 @@ class Eagle3Method(Method):
     needs_drafter = True
     default_depth = None  # tree depth: CPU_TREE or PAPER_TREE by device
     drafter_class = Eagle3Drafter
+    DECODE_OPTIONS = {"top_k": None, "total_tokens": None}  # explicit arguments; None: the device's tree
 
     def __init__(self, target, depth: int | None = None, drafter=None, top_k: int | None = None,
                  total_tokens: int | None = None, **options):
-        config_fields = {f.name for f in dataclasses.fields(Eagle3Config)}
-        unknown = set(options) - config_fields
-        if unknown:
-            raise SpecbenchError(f"eagle3 takes options top_k, total_tokens (and drafter config fields "
-                                 f"{sorted(config_fields)} for --drafter auto); got {sorted(unknown)}")
+        self.split_options(options)
         self.defaults = "paper (GPU)" if target.device.type == "cuda" else "cpu"
         tree = PAPER_TREE if target.device.type == "cuda" else CPU_TREE
         depth = int(depth) if depth is not None else tree["tree_depth"]

@@ -663,11 +663,7 @@ class FlexDraftMethod(Method):
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
         if _as_bool(options.pop("no_calibration", False)):
             options["calibration"] = False
-        unknown = set(options) - set(self.DECODE_OPTIONS) - set(self.DRAFTER_OPTIONS)
-        if unknown:
-            raise SpecbenchError(f"flexdraft takes options {', '.join([*self.DECODE_OPTIONS, *self.DRAFTER_OPTIONS[:-1]])}"
-                                 f"; got {sorted(unknown)}")
-        opts = {**self.DECODE_OPTIONS, **{k: v for k, v in options.items() if k in self.DECODE_OPTIONS}}
+        opts = self.split_options(options)
         opts["calibration"] = _as_bool(opts["calibration"])
         if opts["batch_threshold"] is None:
             opts["batch_threshold"] = self.BATCH_THRESHOLD.get(target.device.type, 2)
@@ -678,18 +674,8 @@ class FlexDraftMethod(Method):
             raise SpecbenchError("flexdraft draft_sampling must be 'greedy' or 'sample'")
         super().__init__(target, depth=depth, **options)
         self.opts = opts
-        wanted = {k: v for k, v in options.items() if k in self.DRAFTER_OPTIONS and k != "calibration"}
-        if drafter == "auto":
-            from specbench.training.store import resolve_drafter
-
-            drafter = resolve_drafter(self.name, target, "auto", options=options)
         self.attach_drafter(drafter)
         cfg = self.drafter.cfg
-        expected = FlexDraftDrafter.default_config(target, **wanted)
-        for key in wanted:
-            if getattr(expected, key) != getattr(cfg, key):
-                raise SpecbenchError(f"{key}={wanted[key]} but the drafter was trained with {getattr(cfg, key)}; "
-                                     "drafter options are fixed at training time")
         if opts["calibration"] and not cfg.calibration:
             opts["calibration"] = False  # an attention-only drafter has no calibration head
         if self.depth is None:

@@ -45,7 +45,6 @@ engine's prefill instead of a first `[x_0, m_1..m_k]` draft step; CPU-sized defa
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -494,27 +493,14 @@ class MTPMethod(Method):
                        "num_anchors")
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
-        unknown = set(options) - set(self.DECODE_OPTIONS) - set(self.DRAFTER_OPTIONS)
-        if unknown:
-            raise SpecbenchError(f"mtp takes options {', '.join([*self.DECODE_OPTIONS, *self.DRAFTER_OPTIONS])}; "
-                                 f"got {sorted(unknown)}")
-        opts = {**self.DECODE_OPTIONS, **{k: v for k, v in options.items() if k in self.DECODE_OPTIONS}}
+        opts = self.split_options(options)
         opts["sampler"] = str(opts["sampler"]).strip().lower() not in ("0", "false", "no", "off")  # -o sampler=false
         if opts["decoding"] not in DECODINGS:
             raise SpecbenchError(f"mtp decoding must be one of {', '.join(DECODINGS)}, got {opts['decoding']!r}")
         super().__init__(target, depth=depth, **options)
         self.opts = opts
-        from specbench.training.store import resolve_drafter
-
-        if not isinstance(drafter, MTPDrafter):
-            drafter = resolve_drafter(self.name, target, drafter, options=options)  # "auto" -> a folder
         self.attach_drafter(drafter)
         cfg = self.drafter.cfg
-        wanted = {k: v for k, v in options.items() if k in self.DRAFTER_OPTIONS}
-        expected = dataclasses.asdict(MTPDrafter.default_config(target, **wanted))
-        clash = [f"{k}={wanted[k]} (trained with {getattr(cfg, k)})" for k in wanted if expected[k] != getattr(cfg, k)]
-        if clash:
-            raise SpecbenchError(f"drafter options are fixed at training time: {', '.join(clash)}")
         if self.depth is None:
             self.depth = cfg.num_masks
         if not 1 <= self.depth <= cfg.num_masks:

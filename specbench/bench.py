@@ -76,7 +76,7 @@ def bench_loop_vs_generate(target_name, batch_sizes, n_prompts, max_new_tokens, 
         _loop_generate(target, method, batches[0], 8)
         _hf_generate(target, batches[0], 8)
         loop_tok = loop_time = hf_tok = hf_time = 0.0
-        other_shares, ratios, same = [], [], True
+        other_shares, ratios = [], []
         for r in range(repeats):
             for prompts in batches:
                 contenders = ["loop", "hf"] if r % 2 == 0 else ["hf", "loop"]

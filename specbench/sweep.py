@@ -379,7 +379,7 @@ def sweep_command(axis_and_values: tuple[str, ...], config_path: str | None, opt
     try:
         state = run_sweep(cells, options["results_dir"], executor, sweep_id, grid)
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted; finished prompts are saved — run the same sweep command again to resume",
+        click.echo("\ninterrupted; finished prompts are saved — run the same sweep command again to resume",
                    err=True)
         return 130
     print_sweep(state, options["results_dir"])

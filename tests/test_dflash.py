@@ -133,7 +133,6 @@ def test_draft_cache_holds_exactly_the_committed_context(name, request):
             feats = fused(got, ids)  # [1, n, L*H_t]
             n = dec.draft_cache.lengths[b]
             ctx = drafter.fuse(feats[:, :n])
-            from specbench.methods.dflash import rotary
             cos, sin = rotary(torch.arange(n)[None], drafter.cfg.head_dim, drafter.cfg.rope_theta, ctx.dtype)
             for i, layer in enumerate(drafter.layers):
                 k, v = layer.context_kv(ctx, cos, sin)

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 from html import unescape
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
