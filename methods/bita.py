@@ -50,8 +50,8 @@ from torch import nn
 from specbench.engine import TreeSpeculativeDecoder
 from specbench.engine.tree import TreeBatch
 from specbench.errors import SpecbenchError
-from specbench.kv_cache import RowKVCache
-from specbench.layers import apply_rotary, attention_shape
+from specbench.kv_cache import RowKVCache, slot_visibility
+from specbench.layers import attention_shape, clean_cache, joint_layer, mask_row_attention
 from specbench.methods.base import Method
 from specbench.training.drafter import Drafter
 
@@ -110,11 +110,7 @@ def group_layout(lengths: torch.Tensor, positions: torch.Tensor, anchors: torch.
     mask_pos = (positions.gather(1, anchors)[..., None] + 1 + j).reshape(b, g * masks)
     anchor_see = pending_see.expand(b, q, q).gather(1, anchors[..., None].expand(b, g, q))  # [B, G, q]
     row_see = anchor_see.repeat_interleave(masks, 1)  # [B, G*M, q]
-    end = int(lengths.max()) + q
-    slot = torch.arange(end, device=dev)
-    rel = slot[None, :] - lengths[:, None]  # pending index of each slot, [B, end]
-    idx = rel.clamp(0, q - 1)[:, None, :].expand(b, g * masks, end)
-    ctx = (rel < 0)[:, None, :] | (row_see.gather(2, idx) & ((rel >= 0) & (rel < q))[:, None, :])
+    ctx = slot_visibility(lengths, int(lengths.max()) + q, row_see)  # [B, G*M, end]
     group, slot_j = torch.arange(g, device=dev).repeat_interleave(masks), j.repeat(g)
     own = (group[:, None] == group[None, :]) & (slot_j[None, :] <= slot_j[:, None])  # causal inside a group
     return mask_pos, torch.cat([ctx, own.expand(b, -1, -1)], -1)[:, None]
@@ -196,43 +192,20 @@ class BiTADrafter(Drafter):
     def _mask_attention(self, l: int, h, cos_sin, ctx_k, ctx_v, prefix, see):
         """Mask rows `h [B, R, H]` (input-normed) of layer `l` with the target's projections, attending
         over raw prompt K/V `prefix [P, 2, heads, d]`, context K/V `[B, kv, T, d]` and their own rows."""
-        attn = self.t.layers[l].self_attn
-        b, r, _ = h.shape
-        d = self.cfg.head_dim
-        q, k, v = (proj(h).view(b, r, -1, d) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        if getattr(attn, "q_norm", None) is not None:  # Qwen3: per-head norms before RoPE
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = apply_rotary(q, *cos_sin), apply_rotary(k, *cos_sin)
-        keys, values = torch.cat([ctx_k.to(k.dtype), k], 2), torch.cat([ctx_v.to(v.dtype), v], 2)
-        heads = prefix.shape[2]
-        if heads != keys.shape[1]:  # per-query-head prompts: widen the GQA context to the query heads
-            keys = keys.repeat_interleave(heads // keys.shape[1], 1)
-            values = values.repeat_interleave(heads // values.shape[1], 1)
-        pk = prefix[:, 0].transpose(0, 1)[None].expand(b, -1, -1, -1).to(k.dtype)  # [B, heads, P, d]
-        pv = prefix[:, 1].transpose(0, 1)[None].expand(b, -1, -1, -1).to(v.dtype)
-        see = torch.cat([see.new_ones(see.shape[:-1] + (prefix.shape[0],)), see], -1)
-        out = F.scaled_dot_product_attention(q, torch.cat([pk, keys], 2), torch.cat([pv, values], 2),
-                                             attn_mask=see, scale=attn.scaling,
-                                             enable_gqa=q.shape[1] != keys.shape[1])
-        return attn.o_proj(out.transpose(1, 2).reshape(b, r, -1))
+        b = h.shape[0]
+        pk = prefix[:, 0].transpose(0, 1)[None].expand(b, -1, -1, -1)  # [B, heads, P, d]
+        pv = prefix[:, 1].transpose(0, 1)[None].expand(b, -1, -1, -1)
+        return mask_row_attention(self.t.layers[l].self_attn, h, *cos_sin, ctx_k, ctx_v, see, self.cfg.head_dim,
+                                  shared_kv=(pk, pv))
 
     def _layers(self, cache, end: int, x=None, pe_c=None, mask_c=None, xm=None, pe_m=None, see=None, prefix=None):
-        """Every target layer on clean rows `x [B, q, H]` (the target's own attention module, which writes
-        their K/V into `cache` as pending slots: exactly `Target.forward`) and/or mask rows `xm [B, R, H]`
-        (over cache slots `0..end-1`, which already hold this pass's clean K/V). Norms and FFN are the
-        target's, applied to both kinds of rows in one call."""
+        """Every target layer (`joint_layer`) on clean rows `x [B, q, H]` and/or mask rows `xm [B, R, H]`;
+        mask rows use the target's projections plus the layer's prompt K/V (A.3)."""
         for l, layer in enumerate(self.t.layers):
-            if x is not None:
-                # positional arguments: the cache kwarg was renamed across transformers versions (§1.3)
-                x = x + layer.self_attn(layer.input_layernorm(x), pe_c, mask_c, cache)[0]
-            if xm is not None:
-                kv = cache.layers[l]
-                xm = xm + self._mask_attention(l, layer.input_layernorm(xm), pe_m, kv.keys[:, :, :end],
-                                               kv.values[:, :, :end], prefix[:, l], see)
-            h = x if xm is None else xm if x is None else torch.cat([x, xm], 1)
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-            x, xm = (None if x is None else h[:, : x.shape[1]]), (None if xm is None else h[:, h.shape[1] - xm.shape[1]:])
+            kv = cache.layers[l]
+            x, xm = joint_layer(layer, x, xm, pe_c, mask_c, cache,
+                                lambda hm: self._mask_attention(l, hm, pe_m, kv.keys[:, :, :end], kv.values[:, :, :end],
+                                                                prefix[:, l], see))
         return x, xm
 
     def _prompts(self) -> torch.Tensor:
@@ -294,15 +267,9 @@ class BiTADrafter(Drafter):
         return anchors, keep
 
     def clean_cache(self, ids: torch.Tensor) -> RowKVCache:
-        """Every layer's clean K/V of `ids [N, S]` (causal), without gradients: prompts never reach clean
-        rows, so these are constants of the training forward (A.5.5 computes the same in one pass)."""
-        n, s = ids.shape
-        cache = RowKVCache(n, len(self.t.layers), s, ids.device)
-        with torch.no_grad():
-            positions = cache.begin_write(s)
-            x = self.t.embed(ids)
-            self._layers(cache, s, x, self.t.rotary(x, positions), cache.attention_mask(None, x.dtype))
-        return cache
+        """Every layer's clean K/V of `ids [N, S]` without gradients: prompts never reach clean rows, so
+        these are constants of the training forward (A.5.5 computes the same in one pass)."""
+        return clean_cache(self.t.layers, self.t.embed, self.t.rotary, ids)
 
     def group_hidden(self, ids: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Mask hidden states `[N, G, M, H]` of grouped examples (A.5.2 layout, A.5.5 forward)."""

@@ -38,7 +38,8 @@ from torch.utils.checkpoint import checkpoint
 from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
 from specbench.engine.acceptance import accept_speculative
 from specbench.errors import SpecbenchError
-from specbench.layers import RMSNorm, apply_rotary, attention_shape
+from specbench.kv_cache import slot_visibility
+from specbench.layers import RMSNorm, attention_shape, clean_cache, joint_layer, mask_row_attention
 from specbench.methods.base import Method
 from specbench.sampling import logits_to_probs, sample
 from specbench.training.data import pick_anchors
@@ -115,16 +116,8 @@ def mask_visibility(lengths: torch.Tensor, end: int, block_ids: torch.Tensor,
     parallel step (pending = candidates, block = group), sequential draft (no pending) and training
     (nothing committed, pending = the sequence, block = anchor).
     """
-    dev = lengths.device
     b, m = lengths.shape[0], block_ids.shape[0]
-    slot = torch.arange(end, device=dev)
-    ctx = (slot[None, :] < lengths[:, None])[:, None, :].expand(b, m, end)  # [B, M, end]
-    if pending_see is not None:
-        q = pending_see.shape[-1]
-        rel = slot[None, :] - lengths[:, None]  # pending index of each slot, [B, end]
-        in_pending = (rel >= 0) & (rel < q)
-        idx = rel.clamp(0, max(q - 1, 0))[:, None, :].expand(b, m, end)
-        ctx = ctx | (torch.gather(pending_see.expand(b, m, q), 2, idx) & in_pending[:, None, :])
+    ctx = slot_visibility(lengths, end, pending_see).expand(b, m, end)
     own = (block_ids[:, None] == block_ids[None, :]).expand(b, m, m)
     return torch.cat([ctx, own], -1)[:, None]
 
@@ -179,8 +172,7 @@ class DraftAttention(nn.Module):
     def __init__(self, cfg: FlexDraftConfig):
         super().__init__()
         h, nh, nkv, d, bias = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.attention_bias
-        self.head_dim, self.n_heads, self.n_kv = d, nh, nkv
-        self.scaling = d ** -0.5
+        self.head_dim, self.scaling = d, d ** -0.5
         self.q_proj = nn.Linear(h, nh * d, bias=bias)
         self.k_proj = nn.Linear(h, nkv * d, bias=bias)
         self.v_proj = nn.Linear(h, nkv * d, bias=bias)
@@ -197,17 +189,7 @@ class DraftAttention(nn.Module):
 
     def forward(self, h, cos, sin, ctx_k, ctx_v, see):
         """`h [B, M, H]` (input-normed mask rows), `ctx_k/v [B, kv, T, d]`, `see [B, 1, M, T + M]` bool."""
-        b, m, _ = h.shape
-        shape = (b, m, -1, self.head_dim)
-        q, k, v = self.q_proj(h).view(shape), self.k_proj(h).view(shape), self.v_proj(h).view(shape)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, M, d]
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        keys, values = torch.cat([ctx_k, k], 2), torch.cat([ctx_v, v], 2)
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=see, scale=self.scaling,
-                                             enable_gqa=self.n_heads != self.n_kv)
-        return self.o_proj(out.transpose(1, 2).reshape(b, m, -1))
+        return mask_row_attention(self, h, cos, sin, ctx_k, ctx_v, see, self.head_dim)
 
 
 class Calibration(nn.Module):
@@ -305,28 +287,14 @@ class FlexDraftDrafter(Drafter):
 
     # -- the shared layer math -----------------------------------------------------------------------------
     def _layer(self, l: int, xc, xm, pe_c, mask_c, pe_m, see, cache, end: int):
-        """Target layer `l` on clean rows `xc [B, q, H]` and, from layer `s` on, mask rows `xm [B, M, H]`.
+        """Target layer `l` (`joint_layer`) on clean rows `xc [B, q, H]` and, from layer `s` on, mask rows
+        `xm [B, M, H]` through `DraftAttention` over cache slots `0..end-1` (E.2.3)."""
 
-        Clean rows run the target's own attention module (it writes their K/V into `cache` as pending
-        tokens: exactly `Target.forward`); mask rows run `DraftAttention` over the cache slots
-        `0..end-1` of this layer, which then already hold the clean K/V of this pass. Norms and the FFN
-        are the target's, shared by both row kinds in one call (E.2.3).
-        """
-        layer = self.t.layers[l]
-        if xc is not None:
-            # positional arguments: the cache kwarg was renamed across transformers versions (§1.3)
-            xc = xc + layer.self_attn(layer.input_layernorm(xc), pe_c, mask_c, cache)[0]
-        if xm is not None:
+        def attend(hm):
             kv = cache.layers[l]
-            xm = xm + self.attn[l - self.cfg.split](layer.input_layernorm(xm), *pe_m, kv.keys[:, :, :end],
-                                                    kv.values[:, :, :end], see)
-        x = xm if xc is None else xc if xm is None else torch.cat([xc, xm], 1)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-        if xc is None:
-            return None, x
-        if xm is None:
-            return x, None
-        return x[:, : xc.shape[1]], x[:, xc.shape[1]:]
+            return self.attn[l - self.cfg.split](hm, *pe_m, kv.keys[:, :, :end], kv.values[:, :, :end], see)
+
+        return joint_layer(self.t.layers[l], xc, xm, pe_c, mask_c, cache, attend)
 
     def joint_forward(self, ids: torch.Tensor, cache, mask_x=None, mask_pos=None, see=None, intra=None):
         """Clean `ids [B, q]` as pending tokens of `cache` (causal, or `intra`) through all layers, plus
@@ -388,19 +356,7 @@ class FlexDraftDrafter(Drafter):
     def clean_cache(self, input_ids: torch.Tensor):
         """The efficient forward's first half (E.10.3): every layer's clean K/V (after k-norm and RoPE,
         i.e. the cache content) from one causal target pass without gradients."""
-        from specbench.kv_cache import RowKVCache
-
-        n, s = input_ids.shape
-        cache = RowKVCache(n, len(self.t.layers), s, input_ids.device)
-        with torch.no_grad():
-            cache.begin_write(s)
-            mask_c = cache.attention_mask(None, self.t.dtype)
-            positions = torch.arange(s, device=input_ids.device).expand(n, s)
-            x = self.t.embed(input_ids)
-            pe_c = self.t.rotary(x, positions)
-            for l in range(len(self.t.layers)):
-                x, _ = self._layer(l, x, None, pe_c, mask_c, None, None, cache, s)
-        return cache
+        return clean_cache(self.t.layers, self.t.embed, self.t.rotary, input_ids)
 
     def packed_forward(self, input_ids, anchors, keep, cache=None):
         """Mask hidden states `[N, K, B, H]` of all packed blocks (E.10.1 layout, E.10.3 forward)."""

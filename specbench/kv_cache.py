@@ -22,6 +22,22 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 
+def slot_visibility(lengths: torch.Tensor, end: int, pending_see: torch.Tensor | None = None) -> torch.Tensor:
+    """Which cache slots `0..end-1` each query row sees, bool `[B, M, end]` (`[B, 1, end]` without
+    `pending_see`): row `b`'s committed slots `< lengths[b]`, and its pending slot `lengths[b] + j` where
+    `pending_see[b, m, j]` (`[B or 1, M, q]`). The one statement of "committed, plus the pending tokens
+    I may see" behind the cache's own mask and every mask-row layout (bita, flexdraft)."""
+    slot = torch.arange(end, device=lengths.device)
+    committed = (slot[None, :] < lengths[:, None])[:, None, :]  # [B, 1, end]
+    if pending_see is None:
+        return committed
+    b, (m, q) = lengths.shape[0], pending_see.shape[-2:]
+    rel = slot[None, :] - lengths[:, None]  # pending index of each slot, [B, end]
+    in_pending = (rel >= 0) & (rel < q)
+    idx = rel.clamp(0, max(q - 1, 0))[:, None, :].expand(b, m, end)
+    return committed | (torch.gather(pending_see.expand(b, m, q), 2, idx) & in_pending[:, None, :])
+
+
 class _RowLayer(CacheLayerMixin):
     """One layer's buffers; slot bookkeeping lives in the owning `RowKVCache`."""
 
@@ -116,15 +132,7 @@ class RowKVCache(Cache):
             intra = torch.ones(q, q, dtype=torch.bool, device=dev).tril()
         if intra.dim() == 2:
             intra = intra.expand(self.rows, q, q)
-        lengths = torch.tensor(self.lengths, device=dev)  # [B]
-        slot = torch.arange(end, device=dev)  # [end]
-        committed = slot[None, :] < lengths[:, None]  # [B, end]
-        rel = slot[None, :] - lengths[:, None]  # pending index of each slot, [B, end]
-        in_pending = (rel >= 0) & (rel < q)
-        # visible[b, j, s] = intra[b, j, rel[b, s]] for pending slots
-        gather_idx = rel.clamp(0, q - 1)[:, None, :].expand(self.rows, q, end)
-        pending_visible = torch.gather(intra, 2, gather_idx) & in_pending[:, None, :]
-        visible = committed[:, None, :] | pending_visible  # [B, q, end]
+        visible = slot_visibility(torch.tensor(self.lengths, device=dev), end, intra)  # [B, q, end]
         mask = torch.zeros(visible.shape, dtype=dtype, device=dev)
         mask.masked_fill_(~visible, torch.finfo(dtype).min)
         return mask[:, None]  # [B, 1, q, end]

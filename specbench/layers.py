@@ -1,4 +1,4 @@
-"""Norm and rotary-embedding pieces for drafters that own their decoder layers (eagle3, dflash, flexdraft).
+"""Norm, rotary and mask-row layer pieces for drafters that own or share decoder layers.
 
 Why not reuse the target's modules: a drafter layer has its own weights and shapes (eagle3's `2H`-wide
 attention input, dflash's injected context keys, flexdraft's mask-row attention), and its hidden states
@@ -15,6 +15,11 @@ order and dtypes, and be independent of the installed transformers version:
 keys, so it must not change. `attention_shape` / `DecoderLayerShape` read a target's layer geometry the
 one way every drafter needs it (GQA head counts, an explicit Qwen3 `head_dim`, RoPE theta from either
 transformers layout).
+
+`mask_row_attention` / `joint_layer` are the layer math of the methods whose mask rows ride through the
+frozen target's own layers next to the clean tokens (bita A.3, flexdraft E.2.3): clean rows run the
+target's attention module unchanged, mask rows attend over the cached clean K/V plus their own, and
+both share the target's norms and FFN. Only clean K/V ever reach the cache.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -87,3 +93,71 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """RoPE on `x [B, h, q, d]` with `cos/sin [B, q, d]`, "rotate half" layout (HF Llama / Qwen3)."""
     x1, x2 = x.chunk(2, -1)
     return x * cos[:, None] + torch.cat([-x2, x1], -1) * sin[:, None]
+
+
+def mask_row_attention(attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                       ctx_k: torch.Tensor, ctx_v: torch.Tensor, see: torch.Tensor, head_dim: int,
+                       shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Attention of mask rows `h [B, M, H]` (input-normed) through the projections of `attn` (q/k/v/o and
+    Qwen3's optional q/k norms): the target layer's own module (bita A.3) or a trained copy (flexdraft
+    E.2.3).
+
+    Keys/values: `shared_kv` (`[B, heads', P, d]` each, seen by every row: BiTA's prompts), then the
+    context `ctx_k/v [B, kv, T, d]` (cache slots), then the rows' own. `see [B, 1, M, T + M]` bool covers
+    the context and own keys. The rows' K/V stay local: nothing here is written to a cache.
+    """
+    b, m, _ = h.shape
+    shape = (b, m, -1, head_dim)
+    q, k, v = attn.q_proj(h).view(shape), attn.k_proj(h).view(shape), attn.v_proj(h).view(shape)
+    if getattr(attn, "q_norm", None) is not None:  # Qwen3: per-head norms before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, M, d]
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    keys, values = torch.cat([ctx_k.to(k.dtype), k], 2), torch.cat([ctx_v.to(v.dtype), v], 2)
+    if shared_kv is not None:
+        sk, sv = shared_kv
+        if sk.shape[1] != keys.shape[1]:  # per-query-head shared keys: widen the GQA context to match
+            keys = keys.repeat_interleave(sk.shape[1] // keys.shape[1], 1)
+            values = values.repeat_interleave(sk.shape[1] // values.shape[1], 1)
+        keys, values = torch.cat([sk.to(k.dtype), keys], 2), torch.cat([sv.to(v.dtype), values], 2)
+        see = torch.cat([see.new_ones(see.shape[:-1] + (sk.shape[2],)), see], -1)
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=see,
+                                         scale=float(getattr(attn, "scaling", head_dim ** -0.5)),
+                                         enable_gqa=q.shape[1] != keys.shape[1])
+    return attn.o_proj(out.transpose(1, 2).reshape(b, m, -1))
+
+
+def joint_layer(layer: nn.Module, x, xm, pe_c, mask_c, cache, attend_masks):
+    """One pre-norm target layer (Llama / Qwen3) on clean rows `x [B, q, H]` and/or mask rows `xm [B, M, H]`
+    (None where absent); returns `(x, xm)`.
+
+    Clean rows run the layer's own attention module, which writes their K/V into `cache` as pending
+    slots: exactly `Target.forward`. Mask rows attend through `attend_masks(input-normed xm)` (over cache
+    slots that already hold this pass's clean K/V). Norms and FFN are the target's, one call for both.
+    """
+    if x is not None:
+        # positional arguments: the cache kwarg was renamed across transformers versions (bita_mtp_flexdraft.md §1.3)
+        x = x + layer.self_attn(layer.input_layernorm(x), pe_c, mask_c, cache)[0]
+    if xm is not None:
+        xm = xm + attend_masks(layer.input_layernorm(xm))
+    h = xm if x is None else x if xm is None else torch.cat([x, xm], 1)
+    h = h + layer.mlp(layer.post_attention_layernorm(h))
+    n = 0 if x is None else x.shape[1]
+    return (None if x is None else h[:, :n]), (None if xm is None else h[:, n:])
+
+
+@torch.no_grad()
+def clean_cache(layers, embed: nn.Module, rotary: nn.Module, input_ids: torch.Tensor):
+    """Every layer's clean K/V of `input_ids [N, S]` (causal, no gradients) in a fresh `RowKVCache`: the
+    constant first half of the mask-row training forward (bita A.5.5, flexdraft E.10.3), since mask rows
+    never reach clean rows."""
+    from specbench.kv_cache import RowKVCache
+
+    n, s = input_ids.shape
+    cache = RowKVCache(n, len(layers), s, input_ids.device)
+    positions = cache.begin_write(s)
+    x = embed(input_ids)
+    pe, mask = rotary(x, positions), cache.attention_mask(None, x.dtype)
+    for layer in layers:
+        x, _ = joint_layer(layer, x, None, pe, mask, cache, None)
+    return cache
