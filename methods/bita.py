@@ -40,7 +40,7 @@ Reconstructed, not in the release (also listed by `BiTAMethod.describe()["notes"
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import torch
@@ -326,6 +326,7 @@ class BiTADecoder(TreeSpeculativeDecoder):
         self.drafter = drafter
         self._anchors = self._groups = self._selected = None
         self._parents = torch.tensor(self.parents, device=target.device)  # [nodes], the same tree every step
+        self._shape: TreeBatch | None = None  # masks/depths/children of that tree for a fully active batch
 
     def prefill(self, prompts, capacity):
         """The engine's (AR-identical) prefill with the root group hung off each prompt's last token."""
@@ -364,8 +365,11 @@ class BiTADecoder(TreeSpeculativeDecoder):
         """The LM head over the selected group and the top-k run here, so they are timed as draft."""
         tree = self._next_tree()
         b, n = tree.shape
-        valid = active[:, None].expand(b, n).clone()  # stopped rows verify only their root
-        return TreeBatch.from_parents(tree, self._parents.expand(b, n), valid)
+        if not bool(active.all()):  # stopped rows verify only their root
+            return TreeBatch.from_parents(tree, self._parents.expand(b, n), active[:, None].expand(b, n))
+        if self._shape is None or self._shape.tokens.shape[0] != b:
+            self._shape = TreeBatch.from_parents(tree, self._parents.expand(b, n))
+        return replace(self._shape, tokens=tree)
 
 
 # -- the method ------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import functools
 import pytest
 import torch
 
+from specbench.engine.tree import TreeBatch
 from specbench.errors import SpecbenchError
 from specbench.methods import build_method
 from specbench.methods.bita import BiTADrafter, BiTAMethod, group_layout, tree_parents
@@ -247,6 +248,26 @@ def test_save_load_round_trip_registry_and_describe(tmp_path):
     for bad in ({"tree": "full"}, {"depth": 4}, {"num_masks": 4}, {"colour": 1}):
         with pytest.raises(SpecbenchError):
             build_method("bita", target, drafter=drafter, **bad)
+
+
+def test_the_fixed_tree_is_reused_only_while_every_row_is_active():
+    """The step's tree is the same every step: its masks/depths/children are built once per batch size and
+    must equal a fresh build with the new tokens; a batch with a stopped row gets a fresh build."""
+    target = lossless.load_tiny("tiny-random-llama")
+    dec = bita(target).make_decoder(SamplingConfig(), None)
+    prompts = [[1, 2, 3, 4], [5, 6, 7]]
+    dec.prefill(prompts, 64)
+    fields = ("tokens", "parents", "depths", "intra", "children", "valid")
+    for active in ([True, True], [True, True], [False, True], [True, True]):
+        act = torch.tensor(active)
+        got = dec.propose_tree(act)
+        assert torch.equal(got.tokens, dec._next_tree())
+        shape = got.tokens.shape
+        fresh = TreeBatch.from_parents(got.tokens, dec._parents.expand(shape), act[:, None].expand(shape))
+        assert all(torch.equal(getattr(got, f), getattr(fresh, f)) for f in fields), active
+        assert bool(got.valid[0, 1:].any()) == active[0]
+        dec._selected = dec._selected.roll(1, 0)  # other rows' groups: other tokens next time
+    assert dec._shape is not None and dec._shape.tokens.shape[0] == 2
 
 
 # -- lossless (the shared kit) ------------------------------------------------------------------------------
