@@ -1,8 +1,8 @@
 #!/bin/bash
 # Train every drafter on a lent GPU and time the methods there (.notes/gpu.md has the results).
 #   phase1: unpack data, first half of the smollm2 GGUF, the gguf wheel (the device has no network)
-#   phase2: second half; train all methods in parallel for BUDGET minutes each (same data, same wall
-#           budget); pack drafters (fp16 chunks), return the first 60 MiB of them
+#   phase2: second half; train all methods (ONLY="..." picks some) plus EXTRA arms in parallel for BUDGET
+#           minutes each (same data, same wall budget); pack drafters (fp16 chunks), return the first 60 MiB
 #   phase3: return the remaining chunks; time each method against AR on gsm8k (DEADLINE s)
 # The files travel in .dev/ (git-ignored): gguf.part1/2, data.tar.xz, whl/.
 # Timing on an H200 (2026-11-26): BUDGET=6 -> phase2 535 s (one call may run 600 s: keep BUDGET <= 6),
@@ -42,12 +42,16 @@ t = load_target('smollm2-135m', device='$DEV', dtype='float32'); print('fingerpr
   echo "target cached at $(el) s"
   METHODS=""; for m in ${ONLY:-eagle3 flexdraft dflash mtp bita}; do [ -f methods/$m.py ] && METHODS="$METHODS $m"; done
   declare -A OPTS=([eagle3]="-o draft_vocab_size=4096")
-  for m in $METHODS; do
+  # arms NAME:METHOD:TRAIN-OPTIONS, ';'-separated: one per method, plus EXTRA (e.g. "flexdraft-k64:flexdraft:-o num_anchors=64")
+  ARMS=""; for m in $METHODS; do ARMS="$ARMS;$m:$m:${OPTS[$m]:-}"; done
+  IFS=';' read -ra LIST <<< "$ARMS;${EXTRA:-}"; : > $W/arms.txt
+  for arm in "${LIST[@]}"; do
+    [ -z "$arm" ] && continue; IFS=':' read -r name m o <<< "$arm"; echo "$name $m" >> $W/arms.txt
     timeout $(( BUDGET * 60 + 150 )) $SB train --method $m --target smollm2-135m --device $DEV --dtype float32 \
-      ${TRAINARG:---budget-minutes $BUDGET} --out $W/dr/$m --no-progress ${OPTS[$m]:-} >$W/logs/train-$m.log 2>&1 &
+      ${TRAINARG:---budget-minutes $BUDGET} --out $W/dr/$name --no-progress $o >$W/logs/train-$name.log 2>&1 &
   done
-  wait; echo "trained at $(el) s:"; for m in $METHODS; do echo "== $m"; tail -4 $W/logs/train-$m.log; done
-  READY=""; for m in $METHODS; do [ -f $W/dr/$m/config.json ] && READY="$READY $W/dr/$m"; done
+  wait; echo "trained at $(el) s:"; while read name m; do echo "== $name"; tail -4 $W/logs/train-$name.log; done < $W/arms.txt
+  READY=""; while read name m; do [ -f $W/dr/$name/config.json ] && READY="$READY $W/dr/$name"; done < $W/arms.txt
   python3 scripts/drafter_pack.py pack $W/pack 15 $READY
   ls $W/pack | head -4 | while read f; do cp $W/pack/$f $OUT/; done
   tar -cJf $OUT/logs.tar.xz -C $W logs; echo "phase2 done in $(el) s"; exit 0
@@ -57,12 +61,12 @@ if [ "$phase" = phase3 ]; then
   DEADLINE=${DEADLINE:-400}; DEV=${DEV:-cuda}; LIMIT=${LIMIT:-5}; NEW=${NEW:-128}; mkdir -p $W/res
   ls $W/pack | tail -n +5 | head -7 | while read f; do cp $W/pack/$f $OUT/; done; ls -la $OUT
   [ -d /tmp/pkg ] && export PYTHONPATH=/tmp/pkg:$PYTHONPATH
-  for m in ${ONLY:-eagle3 flexdraft dflash mtp bita} pld; do
-    left=$(( DEADLINE - $(el) )); [ $left -lt 25 ] && { echo "skip $m: $left s left"; continue; }
-    dr=""; [ -f $W/dr/$m/config.json ] && dr="--drafter $W/dr/$m"
+  { cat $W/arms.txt; echo "pld pld"; } | while read name m; do
+    left=$(( DEADLINE - $(el) )); [ $left -lt 25 ] && { echo "skip $name: $left s left"; continue; }
+    dr=""; [ -f $W/dr/$name/config.json ] && dr="--drafter $W/dr/$name"
     timeout $left $SB run --method $m --suite gsm8k --target smollm2-135m $dr --device $DEV --dtype float32 \
-      --limit $LIMIT --max-new-tokens $NEW --results-dir $W/res --run-id gpu-$m --no-progress >$W/logs/run-$m.log 2>&1
-    echo "== run $m rc=$? at $(el) s"; tail -3 $W/logs/run-$m.log
+      --limit $LIMIT --max-new-tokens $NEW --results-dir $W/res --run-id gpu-$name --no-progress </dev/null >$W/logs/run-$name.log 2>&1
+    echo "== run $name rc=$? at $(el) s"; tail -3 $W/logs/run-$name.log
   done
   nvidia-smi > $W/logs/nvidia-smi.txt 2>&1
   tar -cJf $OUT/logs-runs.tar.xz -C $W logs res; echo "phase3 done in $(el) s"; exit 0
