@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
 from specbench.engine.acceptance import accept_speculative
@@ -44,6 +43,7 @@ from specbench.methods.base import Method
 from specbench.sampling import logits_to_probs, sample
 from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
+from specbench.training.head_loss import chunked_head_terms
 
 #: the paper's / release's operating point (Qwen3-8B on A100, E.2, E.6, E.9)
 PAPER_DEFAULTS = {"block_size": 16, "draft_layers": "10 of 36", "gamma": 7.0, "threshold": 0.01,
@@ -373,9 +373,9 @@ class FlexDraftDrafter(Drafter):
         ce_raw = (w * F.cross_entropy(raw, target, reduction="none")).sum()
         hit_raw = raw.argmax(-1) == target
         if self.calibration is None:
-            return ce_raw, ce_raw, hit_raw, hit_raw
+            return (ce_raw, ce_raw), (hit_raw, hit_raw)
         cal = raw + self.calibration(hn, e).float()
-        return ce_raw, (w * F.cross_entropy(cal, target, reduction="none")).sum(), hit_raw, cal.argmax(-1) == target
+        return (ce_raw, (w * F.cross_entropy(cal, target, reduction="none")).sum()), (hit_raw, cal.argmax(-1) == target)
 
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Decayed block cross-entropy (E.10.2): slot `j >= 1` of the block after anchor `q` predicts
@@ -406,28 +406,17 @@ class FlexDraftDrafter(Drafter):
         bonus = ids.gather(1, (anchors + 1).clamp(max=s - 1))[..., None].expand_as(pos)[valid]  # x_{q+1}
         hn = self.t.norm(h[valid])  # [R, H]
         e = self.t.embed(bonus)
-        sums = [0.0, 0.0]
-        hits_raw, hits = [], []
-        for i in range(0, hn.shape[0], HEAD_CHUNK):  # big batches: LM-head chunks recomputed in backward
-            c = slice(i, i + HEAD_CHUNK)
-            if hn.shape[0] > HEAD_CHUNK:
-                ce_raw, ce_cal, hit_raw, hit = checkpoint(self._head_losses, hn[c], e[c], target[c], w[c],
-                                                          use_reentrant=False)
-            else:
-                ce_raw, ce_cal, hit_raw, hit = self._head_losses(hn[c], e[c], target[c], w[c])
-            sums = [sums[0] + ce_raw, sums[1] + ce_cal]
-            hits_raw.append(hit_raw)
-            hits.append(hit)
+        sums, (hits_raw, hits) = chunked_head_terms(self._head_losses, hn, e, target, w, chunk=HEAD_CHUNK)
         norm = w.sum().clamp_min(1e-9)
         loss_raw, loss_cal = sums[0] / norm, sums[1] / norm
         loss = loss_raw if self.calibration is None else self.cfg.raw_loss_weight * loss_raw + loss_cal
         with torch.no_grad():
             hit = torch.zeros_like(valid)
-            hit[valid] = torch.cat(hits) if hits else hit[valid]
+            hit[valid] = hits
             chain = (hit | ~valid)[..., 1:].long().cumprod(-1).bool() & valid[..., 1:]  # accepted prefix
             n_valid = valid.sum().clamp_min(1)
             metrics = {"loss": float(loss), "loss_raw": float(loss_raw), "acc": float(hit.sum() / n_valid),
-                       "acc_raw": float(sum(int(x.sum()) for x in hits_raw) / n_valid),
+                       "acc_raw": float(hits_raw.sum() / n_valid),
                        "tau_estimate": float(chain.sum() / keep.sum().clamp_min(1) + 1), "blocks": int(keep.sum())}
         return loss, metrics
 

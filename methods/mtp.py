@@ -53,7 +53,6 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
 from specbench.engine.acceptance import accept_speculative
@@ -63,6 +62,7 @@ from specbench.layers import RMSNorm
 from specbench.methods.base import Method
 from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
+from specbench.training.head_loss import chunked_head_terms
 
 #: the paper's main setup (B.1, B.4 [2nd]); specbench's defaults are sized for the CPU budget
 PAPER_DEFAULTS = {"num_masks": 8, "rank": 128, "lr": 2e-4, "steps": 50_000, "decoding": "quadratic"}
@@ -349,8 +349,8 @@ class MTPDrafter(Drafter):
         """CE sums (base, sampler) and top-1 hits of one chunk of mask rows."""
         base = self.t.head(h).float()
         smp = self.t.head(self.sampler(self.t.embed(prev).to(h.dtype), h)).float()
-        return (F.cross_entropy(base, labels, reduction="sum"), F.cross_entropy(smp, labels, reduction="sum"),
-                base.argmax(-1) == labels, smp.argmax(-1) == labels)
+        return ((F.cross_entropy(base, labels, reduction="sum"), F.cross_entropy(smp, labels, reduction="sum")),
+                (base.argmax(-1) == labels, smp.argmax(-1) == labels))
 
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """`w_base L_base + w_sampler L_sampler + w_lcm L_LCM` (B.3) over every mask row with a response label.
@@ -372,15 +372,7 @@ class MTPDrafter(Drafter):
         prev = ids.gather(1, at).view_as(pos)[valid]
         hv = h[valid]  # [R, H]
         anchor_states = h_clean.gather(1, at[..., None].expand(-1, -1, h_clean.shape[-1])).view(*pos.shape, -1)[valid]
-        sums, hits_base, hits = [0.0, 0.0], [], []
-        for i in range(0, hv.shape[0], HEAD_CHUNK):  # big batches: LM-head chunks recomputed in backward
-            c = slice(i, i + HEAD_CHUNK)
-            args = (hv[c], prev[c], labels[c])
-            terms = (checkpoint(self._head_terms, *args, use_reentrant=False) if hv.shape[0] > HEAD_CHUNK
-                     else self._head_terms(*args))
-            sums = [sums[0] + terms[0], sums[1] + terms[1]]
-            hits_base.append(terms[2])
-            hits.append(terms[3])
+        sums, (hits_base, hits) = chunked_head_terms(self._head_terms, hv, prev, labels, chunk=HEAD_CHUNK)
         rows = max(hv.shape[0], 1)
         l_base, l_sampler = sums[0] / rows, sums[1] / rows
         l_lcm = F.mse_loss(hv.float(), anchor_states.float().detach(), reduction="sum") / (rows * hv.shape[-1])
@@ -388,13 +380,12 @@ class MTPDrafter(Drafter):
         loss = cfg.base_weight * l_base + cfg.sampler_weight * l_sampler + cfg.lcm_weight * l_lcm
         with torch.no_grad():
             hit = torch.zeros_like(valid)
-            if hits:
-                hit[valid] = torch.cat(hits)
+            hit[valid] = hits
             # teacher-forced greedy acceptance per block = exact accepted drafts when x is the target's greedy output
             chain = (hit.long().cumprod(-1).bool() & valid).sum(-1)
             metrics = {"loss": float(loss), "loss_base": float(l_base), "loss_sampler": float(l_sampler),
                        "loss_lcm": float(l_lcm), "acc": float(hit.sum()) / rows,
-                       "acc_base": float(sum(int(x.sum()) for x in hits_base)) / rows,
+                       "acc_base": float(hits_base.sum()) / rows,
                        "tau_estimate": float(chain.sum()) / max(int(keep.sum()), 1) + 1.0, "blocks": int(keep.sum())}
         return loss, metrics
 
