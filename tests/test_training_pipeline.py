@@ -16,7 +16,7 @@ from specbench.training.data import DataSource, encode_record, read_records
 from specbench.training.features import target_features
 from specbench.training.regen import RegenSettings, corpus_path, load_corpus, regenerate
 from specbench.training.store import resolve_drafter, store_path
-from specbench.training.trainer import TrainConfig, evaluate, lr_at, train
+from specbench.training.trainer import REPLAN_FRACTIONS, TrainConfig, evaluate, lr_at, train
 
 SETTINGS = RegenSettings(max_new_tokens=8)
 SKIPHEAD = "specbench.testing.train_drafters:SkipHeadDrafter"
@@ -353,6 +353,24 @@ def test_a_budget_run_that_speeds_up_midway_still_spends_its_budget(tiny_llama, 
     assert first["after"] == 10 and first["step_seconds"] == pytest.approx(0.4) and first["steps"] < 80
     assert later and later[-1]["step_seconds"] == pytest.approx(0.2) and result.steps > first["steps"]
     assert 0.95 * 30 <= result.seconds <= 30 and clock.calls == 4 + result.steps
+
+
+def test_each_replan_fraction_fires_once_and_never_from_a_one_step_window(tiny_llama, examples, tmp_path,
+                                                                          monkeypatch):
+    """Steps that keep getting faster raise the total at every re-plan. Placing the next fraction on the new
+    total alone re-planned again one step after the 1/2 re-plan (seen in a CPU run: "re-planned to 80 after
+    39 steps, re-planned to 80 after 40 steps"), from a one-step window; each fraction now fires once, at
+    least the first window after the previous re-plan."""
+    FakeClock(monkeypatch, lambda n: 0.1 if n <= 4 else max(0.05, 0.3 - 0.002 * n))
+    cfg = TrainConfig(budget_minutes=0.5, batch_size=2, lr=5e-3, eval_every=1000, checkpoint_every=1000)
+    result = train(SkipHeadDrafter.for_target(tiny_llama), tiny_llama, examples[:4], examples[4:], cfg, tmp_path,
+                   {}, progress=False, log=lambda s: None)
+    afters = [r["after"] for r in result.plan["replans"]]
+    totals = [r["steps"] for r in result.plan["replans"]]
+    assert len(afters) == 1 + len(REPLAN_FRACTIONS) and totals == sorted(totals) and totals[-1] > totals[0]
+    assert min(b - a for a, b in zip(afters, afters[1:])) >= result.plan["replan_after"]
+    for f, replan, before in zip(REPLAN_FRACTIONS, result.plan["replans"][1:], totals):
+        assert replan["after"] >= round(f * before)  # each fraction of the total current when it was placed
 
 
 def test_steps_runs_are_not_planned(tiny_llama, examples, tmp_path, monkeypatch):

@@ -298,13 +298,16 @@ def replan_after(total: int, cfg: TrainConfig) -> int:
 
 
 def next_replan(plan: dict, total: int) -> int | None:
-    """The step of the next re-plan: the first one, then each of `REPLAN_FRACTIONS` of the current
-    total that lies beyond the previous re-plan; None once they are all done."""
+    """The step of the next re-plan: the first one, then each of `REPLAN_FRACTIONS` of the current total
+    once, in order; None once they are all done. A re-plan moves the total, so a fraction is never placed
+    closer than the first window (`replan_after` steps) to the previous re-plan: a window of one step is
+    timing noise, not a speed."""
     replans = plan.get("replans", [])
     if not replans:
         return plan["replan_after"]
-    later = [round(f * total) for f in REPLAN_FRACTIONS if round(f * total) > replans[-1]["after"]]
-    return later[0] if later else None
+    if len(replans) > len(REPLAN_FRACTIONS):
+        return None
+    return max(round(REPLAN_FRACTIONS[len(replans) - 1] * total), replans[-1]["after"] + plan["replan_after"])
 
 
 def plan_line(cfg: TrainConfig, plan: dict) -> str:
