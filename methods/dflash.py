@@ -440,6 +440,8 @@ class DFlashMethod(Method):
     needs_drafter = True
     drafter_class = DFlashDrafter
     default_depth = None  # the drafter's trained block size
+    DRAFTER_OPTIONS = ("num_layers", "block_size", "target_layer_ids", "mask_token", "mask_token_id", "gamma",
+                       "num_anchors")
 
     def __init__(self, target, depth=None, drafter=None, **options):
         """`options` are drafter config fields (they key `--drafter auto`); a loaded drafter must match."""

@@ -518,6 +518,7 @@ class Eagle3Method(Method):
     default_depth = None  # tree depth: CPU_TREE or PAPER_TREE by device
     drafter_class = Eagle3Drafter
     DECODE_OPTIONS = {"top_k": None, "total_tokens": None}  # explicit arguments; None: the device's tree
+    DRAFTER_OPTIONS = ("draft_vocab_size", "feature_layers", "ttt_steps", "decay", "head_from_target")
 
     def __init__(self, target, depth: int | None = None, drafter=None, top_k: int | None = None,
                  total_tokens: int | None = None, **options):
