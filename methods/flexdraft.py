@@ -639,7 +639,8 @@ class FlexDraftMethod(Method):
         n_layers = cfg.num_target_layers
         counts = self.drafter.parameter_counts()
         notes = [
-            "training is reconstructed (E.10 [recon]): packed anchors, slot 0 without loss, loss = "
+            f"training is reconstructed (E.10 [recon]): {cfg.num_anchors} packed anchors per sequence (DFlash, "
+            "whose rule E.10.1 follows, samples up to 512), slot 0 without loss, loss = "
             f"{cfg.raw_loss_weight:g} * CE(raw) + CE(calibrated) (paper 4.2 'additional cross entropy loss')",
             "sequential (decoupled) mode is reconstructed (E.8): verify with a plain target forward, then one "
             "mask block over the committed cache; the bonus enters only through calibration",
