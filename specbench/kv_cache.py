@@ -130,8 +130,6 @@ class RowKVCache(Cache):
         dev = self.device
         if intra is None:
             intra = torch.ones(q, q, dtype=torch.bool, device=dev).tril()
-        if intra.dim() == 2:
-            intra = intra.expand(self.rows, q, q)
         visible = slot_visibility(torch.tensor(self.lengths, device=dev), end, intra)  # [B, q, end]
         mask = torch.zeros(visible.shape, dtype=dtype, device=dev)
         mask.masked_fill_(~visible, torch.finfo(dtype).min)
