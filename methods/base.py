@@ -16,6 +16,20 @@ from specbench.errors import SpecbenchError
 from specbench.sampling import SamplingConfig
 
 
+def option_bool(value, name: str) -> bool:
+    """A switch given as `-o NAME=VALUE` (JSON-parsed, so `true`/`false` arrive as bools; YAML and
+    hand-typed spellings as strings): one reading for every method, and a clear error on anything else
+    instead of silently picking a side."""
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise SpecbenchError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
 class Method:
     name: str = ""
     description: str = ""

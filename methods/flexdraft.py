@@ -39,7 +39,7 @@ from specbench.engine.acceptance import accept_speculative
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import slot_visibility
 from specbench.layers import RMSNorm, attention_shape, clean_cache, joint_layer, mask_row_attention
-from specbench.methods.base import Method
+from specbench.methods.base import Method, option_bool
 from specbench.sampling import logits_to_probs, sample
 from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
@@ -577,12 +577,6 @@ class FlexDraftDecoder(SpeculativeDecoder):
 
 # -- the method ------------------------------------------------------------------------------------------
 
-def _as_bool(value) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
 class FlexDraftMethod(Method):
     """Decode options (`-o KEY=VALUE`): `mode` flex|parallel|sequential, `calibration` (false = the
     `--no-calibration` ablation), `threshold` (selective verification; 0 = verify all), `batch_threshold`
@@ -606,10 +600,10 @@ class FlexDraftMethod(Method):
                        "num_anchors")
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
-        if _as_bool(options.pop("no_calibration", False)):
+        if option_bool(options.pop("no_calibration", False), "no_calibration"):
             options["calibration"] = False
         opts = self.split_options(options)
-        opts["calibration"] = _as_bool(opts["calibration"])
+        opts["calibration"] = option_bool(opts["calibration"], "calibration")
         if opts["batch_threshold"] is None:
             opts["batch_threshold"] = self.BATCH_THRESHOLD.get(target.device.type, 2)
         opts["threshold"], opts["batch_threshold"] = float(opts["threshold"]), int(opts["batch_threshold"])

@@ -59,7 +59,7 @@ from specbench.engine.acceptance import accept_speculative
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
 from specbench.layers import RMSNorm
-from specbench.methods.base import Method
+from specbench.methods.base import Method, option_bool
 from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
 from specbench.training.head_loss import chunked_head_terms
@@ -485,7 +485,7 @@ class MTPMethod(Method):
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
         opts = self.split_options(options)
-        opts["sampler"] = str(opts["sampler"]).strip().lower() not in ("0", "false", "no", "off")  # -o sampler=false
+        opts["sampler"] = option_bool(opts["sampler"], "sampler")  # -o sampler=false: the ablation
         if opts["decoding"] not in DECODINGS:
             raise SpecbenchError(f"mtp decoding must be one of {', '.join(DECODINGS)}, got {opts['decoding']!r}")
         super().__init__(target, depth=depth, **options)

@@ -12,6 +12,7 @@ import torch
 
 from specbench.errors import SpecbenchError
 from specbench.methods import build_method, method_class
+from specbench.methods.base import option_bool
 from specbench.testing import lossless
 
 #: method -> (drafter option, value the fresh drafter is built with)
@@ -49,3 +50,14 @@ def test_a_missing_drafter_has_one_message():
     for method in TRAINED:
         with pytest.raises(SpecbenchError, match=f"{method} needs a trained drafter"):
             build_method(method, target)
+
+
+def test_switches_read_one_way_and_refuse_other_words():
+    assert [option_bool(v, "x") for v in (True, "true", " Yes", "1", "on", 1)] == [True] * 6
+    assert [option_bool(v, "x") for v in (False, "false", "NO", "0", "off", 0)] == [False] * 6
+    with pytest.raises(SpecbenchError, match="sampler must be true or false, got 'maybe'"):
+        option_bool("maybe", "sampler")
+    target = lossless.load_tiny("tiny-random-llama")
+    for method, switch in (("flexdraft", "calibration"), ("mtp", "sampler")):
+        with pytest.raises(SpecbenchError, match=f"{switch} must be true or false"):
+            build_method(method, target, drafter=fresh_drafter(method, target), **{switch: "nope"})
