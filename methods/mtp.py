@@ -57,7 +57,7 @@ from torch import nn
 from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
 from specbench.engine.acceptance import accept_speculative
 from specbench.errors import SpecbenchError
-from specbench.kv_cache import RowKVCache
+from specbench.kv_cache import RowKVCache, additive_mask
 from specbench.layers import RMSNorm
 from specbench.methods.base import Method, option_bool
 from specbench.training.data import pick_anchors
@@ -137,11 +137,6 @@ def training_visibility(anchors: torch.Tensor, keep: torch.Tensor, length: int, 
     clean = (torch.arange(length, device=dev)[None, None, :] <= anchors[:, block, None]) & keep[:, block, None]
     own = ((block[:, None] == block[None, :]) & (j[:, None] >= j[None, :])).expand(n, -1, -1)
     return torch.cat([clean, own], -1)[:, None]
-
-
-def additive(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Bool visibility -> additive float mask (0 visible, finfo.min blocked), §1.3."""
-    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, torch.finfo(dtype).min)
 
 
 # -- modules ----------------------------------------------------------------------------------------------
@@ -342,7 +337,7 @@ class MTPDrafter(Drafter):
         embeds = self.mask_embeddings.repeat(anchors.shape[1], 1).expand(n, -1, -1)
         dtype = self.target.dtype
         gate = torch.ones(n, rows, device=input_ids.device, dtype=embeds.dtype)
-        h = self.run_target(embeds.to(dtype), gate, positions, additive(visible, dtype), cache)
+        h = self.run_target(embeds.to(dtype), gate, positions, additive_mask(visible, dtype), cache)
         return h.reshape(n, anchors.shape[1], k, -1), h_clean
 
     def _head_terms(self, h, prev, labels):

@@ -22,6 +22,11 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 
+def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool visibility -> the additive float mask HF attention takes (0 visible, `finfo.min` blocked)."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, torch.finfo(dtype).min)
+
+
 def slot_visibility(lengths: torch.Tensor, end: int, pending_see: torch.Tensor | None = None) -> torch.Tensor:
     """Which cache slots `0..end-1` each query row sees, bool `[B, M, end]` (`[B, 1, end]` without
     `pending_see`): row `b`'s committed slots `< lengths[b]`, and its pending slot `lengths[b] + j` where
@@ -131,9 +136,7 @@ class RowKVCache(Cache):
         if intra is None:
             intra = torch.ones(q, q, dtype=torch.bool, device=dev).tril()
         visible = slot_visibility(torch.tensor(self.lengths, device=dev), end, intra)  # [B, q, end]
-        mask = torch.zeros(visible.shape, dtype=dtype, device=dev)
-        mask.masked_fill_(~visible, torch.finfo(dtype).min)
-        return mask[:, None]  # [B, 1, q, end]
+        return additive_mask(visible, dtype)[:, None]  # [B, 1, q, end]
 
     # -- committing ----------------------------------------------------------------------------
     def commit_prefix(self, counts: list[int]) -> None:
