@@ -60,6 +60,8 @@ PAPER_DEFAULTS = {"num_prompts": 16, "num_masks": "3 (7B/13B) or 4 (>=33B)", "tr
                   "max_groups": 64, "prefix_dropout": 0.1, "lr": 3e-2, "schedule": "cosine, no warm-up",
                   "batch": 128}
 LAYOUTS = ("tree", "chain")
+#: the config fields a user chooses (the rest is the target's shape)
+DRAFTER_FIELDS = ("num_masks", "num_prompts", "prefix_heads", "prefix_dropout", "max_groups")
 
 
 @dataclass
@@ -157,7 +159,7 @@ class BiTADrafter(Drafter):
     @classmethod
     def default_config(cls, target, **options) -> BiTAConfig:
         c = target.config
-        known = {"num_masks", "num_prompts", "prefix_heads", "prefix_dropout", "max_groups"}
+        known = set(DRAFTER_FIELDS)
         if set(options) - known:
             raise SpecbenchError(f"bita drafter options are {', '.join(sorted(known))}; got "
                                  f"{sorted(set(options) - known)}")
@@ -386,7 +388,7 @@ class BiTAMethod(Method):
     default_depth = None
     drafter_class = BiTADrafter
     DECODE_OPTIONS = {"tree": "tree", "top_k": 5}
-    DRAFTER_OPTIONS = ("num_masks", "num_prompts", "prefix_heads", "prefix_dropout", "max_groups")
+    DRAFTER_OPTIONS = DRAFTER_FIELDS
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
         opts = self.split_options(options)
@@ -442,8 +444,7 @@ class BiTAMethod(Method):
             "tree": {"layout": self.opts["tree"], "top_k": self.top_k, "nodes_per_level": sizes, "nodes": nodes},
             "cost_detail": {"parameter_split": counts,
                             "fraction_of_target": counts["total"] / sum(p.numel() for p in self.target.model.parameters())},
-            "drafter_config": {k: getattr(cfg, k) for k in ("num_masks", "num_prompts", "prefix_heads",
-                                                            "prefix_dropout", "max_groups")},
+            "drafter_config": {k: getattr(cfg, k) for k in DRAFTER_FIELDS},
             "paper_defaults": PAPER_DEFAULTS,
             "faithful": False,  # reconstructed init, step layout and T > 0 rule, harness training (notes)
             "notes": notes,
