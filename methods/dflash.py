@@ -69,9 +69,10 @@ def default_gamma(block_size: int) -> float:
 def choose_mask_token(tokenizer, embedding_rows: int) -> tuple[int | None, str | None]:
     """The target's own unused token for MASK (B.1.3), or (None, None) for a learned drafter row.
 
-    Preference: an embedding row the tokenizer never produces (Qwen3: 151669), then a special token
-    named reserved/unused (Llama-3: `<|reserved_special_token_0|>`), then any other special token that
-    is neither eos/bos/pad/unk nor part of the chat template.
+    Only rows the target never saw in use qualify: an embedding row the tokenizer never produces
+    (Qwen3: 151669), then a special token named reserved/unused (Llama-3: `<|reserved_special_token_0|>`).
+    Any other special token (SmolLM2's `<repo_name>`, Qwen3's `<think>`) was used in pretraining or
+    templates, so its embedding carries meaning B.1.3 does not want; those targets get a learned row.
     """
     n_tok = len(tokenizer)
     if embedding_rows > n_tok:
@@ -80,11 +81,6 @@ def choose_mask_token(tokenizer, embedding_rows: int) -> tuple[int | None, str |
     specials = sorted((i, t.content) for i, t in added.items() if getattr(t, "special", False) and i < embedding_rows)
     for i, text in specials:
         if re.search(r"reserved|unused", text, re.I):
-            return i, text
-    template = getattr(tokenizer, "chat_template", None) or ""
-    taken = {getattr(tokenizer, a, None) for a in ("eos_token", "bos_token", "pad_token", "unk_token")}
-    for i, text in specials:
-        if text not in taken and text not in template:
             return i, text
     return None, None
 

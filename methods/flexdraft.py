@@ -20,8 +20,9 @@ Spec: `../shared/methods/bita_mtp_flexdraft.md` Part E (+ §1.2 for the same-pos
 * **Training** (E.10, reconstructed): packed draft blocks, many anchors per sequence, bidirectional inside
   a block, clean prefix up to the anchor visible, blocks mutually invisible; the efficient exact forward
   (clean K/V once without gradients, only mask rows through the last N layers); exponentially decayed
-  block cross-entropy on raw and on calibrated draft logits (paper §4.2: calibration is trained "under an
-  additional cross entropy loss", the ground-truth token standing in for the bonus).
+  block cross-entropy on the calibrated draft logits (E.10.2; paper §4.2: calibration is trained "under an
+  additional cross entropy loss", the ground-truth token standing in for the bonus), plus an optional
+  uncalibrated term (`raw_loss_weight`, default 0).
 
 Every deviation from the spec is listed by `FlexDraftMethod.describe()["notes"]`.
 """
@@ -85,7 +86,9 @@ class FlexDraftConfig:
     gamma: float = 0.0
     calibration: bool = True
     calib_rank: int = 256
-    raw_loss_weight: float = 1.0  # weight of the uncalibrated block CE next to the calibrated one
+    #: weight of an extra uncalibrated block CE; E.10.2 puts the loss on the calibrated logits alone (0),
+    #: the spec's "optionally a small-weight uncalibrated CE" is this knob (stop 17 trained with 1.0)
+    raw_loss_weight: float = 0.0
     num_anchors: int = 16  # draft blocks per training sequence
 
     def __post_init__(self):
@@ -380,8 +383,8 @@ class FlexDraftDrafter(Drafter):
     def loss(self, batch: dict, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """Decayed block cross-entropy (E.10.2): slot `j >= 1` of the block after anchor `q` predicts
         `x_{q+1+j}` with weight `exp(-(j-1)/gamma)`; slot 0 (the bonus position) carries no loss. With
-        calibration the loss is `raw_loss_weight * CE(raw) + CE(calibrated)`, the calibration seeing the
-        ground-truth `x_{q+1}` as the bonus (paper §4.2).
+        calibration the loss is `CE(calibrated)` (E.10.2) plus `raw_loss_weight * CE(raw)` (default 0), the
+        calibration seeing the ground-truth `x_{q+1}` as the bonus (paper §4.2).
 
         `batch`: `input_ids [N, S]`, `loss_mask [N, S]` (response tokens), optional `lengths [N]`,
         `anchors`/`anchor_keep [N, K]`.
@@ -634,8 +637,9 @@ class FlexDraftMethod(Method):
         counts = self.drafter.parameter_counts()
         notes = [
             f"training is reconstructed (E.10 [recon]): {cfg.num_anchors} packed anchors per sequence (DFlash, "
-            "whose rule E.10.1 follows, samples up to 512), slot 0 without loss, loss = "
-            f"{cfg.raw_loss_weight:g} * CE(raw) + CE(calibrated) (paper 4.2 'additional cross entropy loss')",
+            "whose rule E.10.1 follows, samples up to 512), slot 0 without loss, loss = CE(calibrated)"
+            + (f" + {cfg.raw_loss_weight:g} * CE(raw) (E.10.2: calibrated only)" if cfg.raw_loss_weight else
+               " (E.10.2)"),
             "sequential (decoupled) mode is reconstructed (E.8): verify with a plain target forward, then one "
             "mask block over the committed cache; the bonus enters only through calibration",
             "parallel mode with selective verification feeds only c_0..c_v and builds v+1 groups (E.6 [recon]); "

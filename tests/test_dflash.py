@@ -88,13 +88,16 @@ def test_mask_token_choice(tiny_llama, tiny_qwen3):
     assert choose_mask_token(Tok(151669), 151936) == (151669, None)  # Qwen3: a row the tokenizer never emits
     llama3 = Tok(128256, {128000: Added("<|begin_of_text|>"), 128002: Added("<|reserved_special_token_0|>")})
     assert choose_mask_token(llama3, 128256) == (128002, "<|reserved_special_token_0|>")
-    # tiny Llama's template never uses <think>; tiny Qwen3 uses every special token -> learned row
-    think = tiny_llama.tokenizer.convert_tokens_to_ids("<think>")
-    assert choose_mask_token(tiny_llama.tokenizer, tiny_llama.vocab_size) == (think, "<think>")
+    # a used special token is never the mask (B.1.3 asks for an unused row), even one the chat template
+    # does not mention: tiny Llama's <think>, SmolLM2's <repo_name> -> a learned drafter row
+    assert choose_mask_token(tiny_llama.tokenizer, tiny_llama.vocab_size) == (None, None)
     assert choose_mask_token(tiny_qwen3.tokenizer, tiny_qwen3.vocab_size) == (None, None)
-    d = make_drafter(tiny_qwen3)
-    assert "mask_embedding" in dict(d.named_parameters())
-    assert "mask_embedding" not in dict(make_drafter(tiny_llama).named_parameters())
+    smollm2_like = Tok(49152, {0: Added("<|endoftext|>"), 3: Added("<repo_name>")})
+    assert choose_mask_token(smollm2_like, 49152) == (None, None)
+    for target in (tiny_qwen3, tiny_llama):
+        assert "mask_embedding" in dict(make_drafter(target).named_parameters())
+    # a target token when one is free: its row is the target's, the drafter owns no mask parameter
+    assert "mask_embedding" not in dict(make_drafter(tiny_llama, mask_token=5).named_parameters())
 
 
 def test_lossless_kit(tiny_llama, tiny_qwen3):
@@ -219,6 +222,6 @@ def test_describe_and_save_load_roundtrip(tiny_llama, tmp_path):
     desc = method.describe()
     assert desc["depth"] == 5 and desc["tokens_per_target_forward"] == 5
     assert desc["drafter_parameters"] == sum(p.numel() for p in drafter.parameters())
-    assert desc["mask_token"]["source"] == "target token" and desc["notes"]
+    assert desc["mask_token"]["source"] == "learned drafter row" and desc["notes"]
     torch.testing.assert_close(method.drafter.fc.weight, drafter.fc.weight)
     assert build_method("dflash", tiny_llama, depth=3, drafter=str(path)).depth == 3

@@ -281,6 +281,8 @@ def test_loss_is_the_decayed_block_ce_and_trains_only_the_drafter():
     target = lossless.load_tiny("tiny-random-llama")
     torch.manual_seed(0)
     drafter = FlexDraftDrafter.for_target(target, block_size=BLOCK, calib_rank=8, gamma=2.0)
+    with torch.no_grad():  # a calibration that moves the logits, so calibrated and raw CE differ
+        torch.nn.init.normal_(drafter.calibration.fc2.weight, std=0.5)
     ids = torch.randint(5, 300, (2, 16), generator=torch.Generator().manual_seed(4))
     loss_mask = torch.zeros_like(ids)
     loss_mask[:, 5:] = 1
@@ -288,20 +290,27 @@ def test_loss_is_the_decayed_block_ce_and_trains_only_the_drafter():
              "anchors": torch.tensor([[4, 9], [6, 6]]), "anchor_keep": torch.tensor([[True, True], [True, False]])}
     loss, metrics = drafter.loss(batch)
     assert metrics["blocks"] == 3
-    # reference: slots 1..3 of each kept block, weights exp(-(j-1)/gamma), labels x_{q+1+j}, inside the row
+    # reference: slots 1..3 of each kept block, weights exp(-(j-1)/gamma), labels x_{q+1+j}, inside the row,
+    # CE on the calibrated logits with the ground-truth x_{q+1} as the bonus (E.10.2)
     h = drafter.packed_forward(ids, batch["anchors"], batch["anchor_keep"])
-    num = den = 0.0
+    ref = {True: [0.0, 0.0], False: [0.0, 0.0]}
     for r, k, q in [(0, 0, 4), (0, 1, 9), (1, 0, 6)]:
         for j in range(1, BLOCK):
             pos = q + 1 + j
             if pos >= int(batch["lengths"][r]):
                 continue
             w = torch.exp(torch.tensor(-(j - 1) / 2.0))
-            logits = drafter.draft_logits(h[r, k, j][None, None], None, calibrate=False)[0, 0]
-            num = num + w * torch.nn.functional.cross_entropy(logits[None], ids[r, pos][None])
-            den = den + w
-    raw = num / den
-    torch.testing.assert_close(loss, 2 * raw)  # raw CE + calibrated CE, equal at the zero init
+            for calibrate in (True, False):
+                logits = drafter.draft_logits(h[r, k, j][None, None], ids[r, q + 1][None], calibrate=calibrate)[0, 0]
+                ref[calibrate][0] = ref[calibrate][0] + w * torch.nn.functional.cross_entropy(logits[None],
+                                                                                               ids[r, pos][None])
+                ref[calibrate][1] = ref[calibrate][1] + w
+    calibrated, raw = ref[True][0] / ref[True][1], ref[False][0] / ref[False][1]
+    assert abs(float(calibrated - raw)) > 1e-3
+    torch.testing.assert_close(loss, calibrated)  # E.10.2: the loss is on the calibrated logits alone
+    drafter.cfg.raw_loss_weight = 0.5  # the optional uncalibrated term
+    torch.testing.assert_close(drafter.loss(batch)[0], calibrated + 0.5 * raw)
+    drafter.cfg.raw_loss_weight = 0.0
     loss.backward()
     assert all(p.grad is not None for p in drafter.parameters())
     assert all(p.grad is None for p in target.model.parameters())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -438,3 +439,37 @@ def test_the_estimate_leaves_weights_and_rng_alone(tiny_llama, examples):
     assert torch.equal(rng, torch.get_rng_state())
     assert all(torch.equal(before[k], v) for k, v in drafter.state_dict().items())
     assert all(p.grad is None for p in drafter.parameters())
+
+
+def test_save_at_keeps_snapshots_of_one_run_without_changing_it(tiny_llama, examples, tmp_path):
+    """`--save-at`: each snapshot is a loadable drafter holding the weights of that step, with its
+    progress (steps, tokens seen, wall time, held-out eval); taking them leaves the run bit-identical."""
+    from specbench.training.drafter import Drafter
+    from specbench.training.pipeline import SNAPSHOTS, train_drafter
+    from specbench.training.trainer import parse_save_point, snapshot_name
+
+    logs = []
+    recipe = dataclasses.replace(RECIPE, steps=4)
+    out = train_drafter(SkipHeadDrafter, tiny_llama, tmp_path / "snap", recipe, progress=False, log=logs.append,
+                        overrides={"save_at": ("1", "0.5", "0.01m", "99")})
+    names = sorted(p.name for p in (out / SNAPSHOTS).iterdir())
+    assert names == sorted(snapshot_name(p) for p in ("1", "0.5", "0.01m", "99"))
+    steps = {}
+    for name in names:
+        info = json.loads((out / SNAPSHOTS / name / "config.json").read_text())["training"]["snapshot"]
+        steps[name] = info["step"]
+        assert info["tokens_seen"] > 0 and info["train_seconds"] >= 0 and "loss" in info["eval"]
+    assert steps["step-000001"] == 1 and steps["frac-0.500"] == 2 and steps["step-000099"] == 4  # past the end: last
+    final = Drafter.load(out, tiny_llama)
+    last = Drafter.load(out / SNAPSHOTS / "step-000099", tiny_llama)
+    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), last.state_dict().values()))
+    again = train_drafter(SkipHeadDrafter, tiny_llama, tmp_path / "nosnap", recipe, progress=False, log=lambda s: None)
+    ref = Drafter.load(again, tiny_llama)
+    assert all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), ref.state_dict().values()))
+    first = Drafter.load(out / SNAPSHOTS / "step-000001", tiny_llama)
+    assert not all(torch.equal(a, b) for a, b in zip(final.state_dict().values(), first.state_dict().values()))
+    assert sum(line.startswith("snapshot ") for line in logs) == 4
+    with pytest.raises(SpecbenchError, match="save-at"):
+        parse_save_point("1.5")
+    with pytest.raises(SpecbenchError, match="save-at"):
+        parse_save_point("ten")

@@ -79,12 +79,15 @@ def train_command(friendly) -> click.Command:
     @click.option("--max-new-tokens", type=int, default=None, help="regenerated response length (standard: 256)")
     @click.option("--eval-every", type=int, default=None, help="steps between held-out evals")
     @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--save-at", default=None, metavar="POINTS",
+                  help="also keep drafter snapshots at these points, comma-separated: steps (200), fractions of "
+                       "the run (0.25) or training minutes (5m); saved under OUT/snapshots/")
     @click.option("--method-option", "-o", "method_option", multiple=True, metavar="KEY=VALUE",
                   help="drafter configuration field (repeatable)")
     @_target_options
     @friendly
     def train(method, data, steps, budget_minutes, out, batch_size, grad_accum, lr, max_length, max_new_tokens,
-              eval_every, seed, method_option, **o):
+              eval_every, seed, save_at, method_option, **o):
         """Train a method's drafter on the target's own responses (resumes an interrupted run in --out)."""
         import dataclasses
 
@@ -111,8 +114,10 @@ def train_command(friendly) -> click.Command:
             recipe = dataclasses.replace(recipe, budget_minutes=budget_minutes, steps=None)
         target = _load(o)
         folder = out or store_path(target, cls, options, recipe)
+        points = tuple(p.strip() for p in (save_at or "").split(",") if p.strip())
         path = train_drafter(cls, target, folder, recipe, options=options,
-                             overrides={"eval_every": eval_every}, progress=o["progress"], log=click.echo)
+                             overrides={"eval_every": eval_every, "save_at": points or None},
+                             progress=o["progress"], log=click.echo)
         click.echo(f"use it with: specbench run --method {cls.method or method} --target {o['target']} "
                    f"--drafter {path}")
     return train

@@ -19,6 +19,9 @@ from specbench.training.drafter import Drafter, drafter_class
 from specbench.training.regen import RegenSettings, load_corpus, regenerate
 from specbench.training.trainer import CHECKPOINT, train
 
+#: `--save-at` snapshots live in `<out>/snapshots/<name>/`, each a normal drafter folder
+SNAPSHOTS = "snapshots"
+
 
 def training_examples(target, recipe: TrainingRecipe, regen_batch_size: int = 8, progress: bool = True,
                       log=print) -> tuple[list[TrainExample], list[TrainExample], dict]:
@@ -66,15 +69,25 @@ def train_drafter(method: str | type[Drafter], target, out: str | Path, recipe: 
                 "target": {"name": target.name, "source": target.source, "fingerprint": target.fingerprint,
                            "dtype": str(target.dtype).replace("torch.", ""), "chat": target.chat.as_dict()},
                 "data": data_info, "recipe": recipe.as_dict(), "drafter_config": drafter.config_dict()}
-    result = train(drafter, target, train_set, eval_set, cfg, out, run_info, progress=progress, log=log)
+    environment = {"device": str(target.device), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                   "machine": platform.machine()}
+
+    def save_snapshot(name: str, progress_now: dict) -> None:
+        """One point of a learning curve: a complete drafter folder of its own (`--save-at`)."""
+        folder = drafter.save(out / SNAPSHOTS / name, {**run_info, "hyper_parameters": cfg.as_dict(),
+                                                         "snapshot": progress_now, "final_eval": progress_now["eval"],
+                                                         "environment": environment})
+        log(f"snapshot {name}: step {progress_now['step']}, {progress_now['train_seconds']:.0f} s, "
+            f"held-out acc {progress_now['eval'].get('acc', float('nan')):.3f} -> {folder}")
+
+    result = train(drafter, target, train_set, eval_set, cfg, out, run_info, progress=progress, log=log,
+                   on_snapshot=save_snapshot)
     training = {**run_info, "hyper_parameters": cfg.as_dict(),
                 "budget": {"steps": result.steps, "budget_minutes": cfg.budget_minutes, **result.plan,
                            "train_seconds": round(result.total_seconds, 1),
                            "train_seconds_last_session": round(result.seconds, 1),
                            "tokens_per_s": round(result.tokens_per_s, 1)},
-                "final_eval": result.final_eval, "history": result.history,
-                "environment": {"device": str(target.device), "torch": torch.__version__,
-                                "threads": torch.get_num_threads(), "machine": platform.machine()}}
+                "final_eval": result.final_eval, "history": result.history, "environment": environment}
     drafter.save(out, training)
     shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     final = result.final_eval

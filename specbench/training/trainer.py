@@ -58,6 +58,9 @@ class TrainConfig:
     eval_size: int = 64  # held-out sequences
     checkpoint_every: int = 50
     seed: int = 0
+    #: snapshot points of one run (`--save-at`): "N" steps, "F" (0 < F < 1) a fraction of the total
+    #: steps, "Mm" minutes of training wall time; see `snapshot_due`
+    save_at: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if (self.steps is None) == (self.budget_minutes is None):
@@ -68,9 +71,48 @@ class TrainConfig:
             raise SpecbenchError(f"--budget-minutes must be > 0, got {self.budget_minutes}")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise SpecbenchError("--batch-size and --grad-accum must be >= 1")
+        for point in self.save_at:
+            parse_save_point(point)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def parse_save_point(point: str) -> tuple[str, float]:
+    """`"200"` -> ("steps", 200), `"0.25"` -> ("fraction", 0.25), `"5m"` -> ("minutes", 5.0); one-line
+    error on anything else."""
+    text = str(point).strip().lower()
+    try:
+        if text.endswith("m"):
+            value = float(text[:-1])
+            if value > 0:
+                return "minutes", value
+        elif "." in text:
+            value = float(text)
+            if 0 < value < 1:
+                return "fraction", value
+        elif int(text) >= 1:
+            return "steps", int(text)
+    except ValueError:
+        pass
+    raise SpecbenchError(f"--save-at takes steps (200), fractions of the run (0.25) or training minutes (5m); "
+                         f"got {point!r}")
+
+
+def snapshot_due(point: str, step: int, total: int, train_seconds: float) -> bool:
+    """Whether snapshot `point` is reached after `step` of `total` steps and `train_seconds` of training.
+    A point past the end of the run falls on its last step, so every asked-for snapshot exists."""
+    kind, value = parse_save_point(point)
+    reached = {"steps": step >= value, "fraction": step >= value * total,
+               "minutes": train_seconds >= value * 60}[kind]
+    return reached or step == total
+
+
+def snapshot_name(point: str) -> str:
+    """Folder name of a snapshot under `out/snapshots/`: sortable within a kind (`step-000200`,
+    `frac-0.250`, `min-005.0`)."""
+    kind, value = parse_save_point(point)
+    return {"steps": f"step-{int(value):06d}", "fraction": f"frac-{value:.3f}", "minutes": f"min-{value:05.1f}"}[kind]
 
 
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -320,11 +362,14 @@ def plan_line(cfg: TrainConfig, plan: dict) -> str:
 
 
 def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainExample], cfg: TrainConfig,
-          out: str | Path, run_info: dict, progress: bool = True, log=print) -> TrainResult:
+          out: str | Path, run_info: dict, progress: bool = True, log=print, on_snapshot=None) -> TrainResult:
     """Train `drafter` (attached to `target`) and checkpoint under `out`; resumes from `out/checkpoint`.
 
     `run_info` (method, target, data, budget...) is stored with every checkpoint; resuming a
-    checkpoint written for different `run_info` or `cfg` is refused.
+    checkpoint written for different `run_info` or `cfg` is refused. At each `cfg.save_at` point
+    `on_snapshot(name, progress)` is called with the drafter as it is then (after a held-out eval), where
+    `progress` holds the step, total steps, training seconds, tokens seen and that eval; the points
+    already taken are kept in the checkpoint, so a resumed run takes each one once.
     """
     from tqdm.auto import tqdm
 
@@ -351,9 +396,11 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
                                  "or delete its checkpoint folder")
         step, total, history = state["step"], state["total_steps"], state["history"]
         plan, seconds_before = state.get("plan") or {}, state.get("train_seconds", 0.0)
+        seen_before, snapshots = state.get("seen", [0, 0]), state.get("snapshots", [])
         log(f"resuming from step {step}/{total} in {out}")
     else:
         step, history, plan, seconds_before = 0, [], {}, 0.0
+        seen_before, snapshots = [0, 0], []
         if cfg.steps is not None:
             total = cfg.steps
         else:
@@ -408,10 +455,23 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
             if eval_metrics:
                 bar.write(f"step {step}/{total}: train loss {metrics['loss']:.4f}  eval loss "
                           f"{eval_metrics['loss']:.4f}  eval acc {eval_metrics.get('acc', float('nan')):.3f}")
-        if step % cfg.checkpoint_every == 0 or step == total:
+        due = [p for p in cfg.save_at if p not in snapshots
+               and snapshot_due(p, step, total, seconds_before + seconds)]
+        if due and on_snapshot is not None:
+            if not history or history[-1]["step"] != step:
+                eval_metrics = evaluate(drafter, target, eval_set, cfg)
+                history.append({"step": step, "train": metrics, "eval": eval_metrics})
+            progress_now = {"step": step, "total_steps": total, "train_seconds": round(seconds_before + seconds, 1),
+                            "tokens_seen": seen_before[0] + tokens, "supervised_tokens_seen": seen_before[1] + supervised,
+                            "eval": eval_metrics}
+            for point in due:
+                on_snapshot(snapshot_name(point), {"save_at": point, **progress_now})
+            snapshots += due
+        if step % cfg.checkpoint_every == 0 or step == total or due:
             save_checkpoint(out, drafter, optimizer, {"identity": identity, "total_steps": total, "plan": plan,
                                                       "train_seconds": seconds_before + seconds, "step": step,
-                                                      "history": history})
+                                                      "history": history, "snapshots": snapshots,
+                                                      "seen": [seen_before[0] + tokens, seen_before[1] + supervised]})
     bar.close()
     return TrainResult(step, seconds, tokens, supervised, eval_metrics, metrics, history, dict(plan),
                        seconds_before + seconds)
