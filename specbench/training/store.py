@@ -34,8 +34,10 @@ def store_path(target, cls: type[Drafter], options: dict | None = None,
                recipe: TrainingRecipe = STANDARD_CPU) -> Path:
     config = cls.default_config(target, **config_options(cls, options))
     config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    train_config = recipe.train_config(cls).as_dict()
+    del train_config["save_at"]  # snapshots along the way do not change the drafter (trainer.py)
     identity = {"class": f"{cls.__module__}:{cls.__qualname__}", "config": config, "recipe": recipe.as_dict(),
-                "train_config": recipe.train_config(cls).as_dict()}
+                "train_config": train_config}
     if target.chat.system_prompt is not None or target.chat.enable_thinking:  # not the standard rendering
         identity["chat"] = [target.chat.system_prompt, target.chat.enable_thinking]
     key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from specbench.errors import SpecbenchError
+from specbench.provenance import load_average
 from specbench.training.data import TrainExample, collate
 from specbench.training.features import target_features
 
@@ -406,7 +407,8 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
         else:
             step_s = estimate_step_seconds(drafter, target, train_set, cfg)
             total = plan_steps(step_s, cfg, len(eval_set))
-            plan = {"planned_steps": total, "planned_step_seconds": step_s, "replan_after": replan_after(total, cfg)}
+            plan = {"planned_steps": total, "planned_step_seconds": step_s, "replan_after": replan_after(total, cfg),
+                    "load": load_average()}
             log(plan_line(cfg, plan))
     window = (step, 0.0)  # (step, this session's seconds) at the start of the current re-plan window
 
@@ -442,7 +444,8 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
             step_s = (seconds - window[1]) / (step - window[0])
             left = cfg.budget_minutes * 60 - seconds_before - seconds
             total = step + plan_steps(step_s, cfg, len(eval_set), left, minimum=0)
-            plan.setdefault("replans", []).append({"after": step, "steps": total, "step_seconds": step_s})
+            plan.setdefault("replans", []).append({"after": step, "steps": total, "step_seconds": step_s,
+                                                   "load": load_average()})
             window = (step, seconds)
             bar.total = total
             log(plan_line(cfg, plan))
