@@ -276,7 +276,7 @@ def test_budget_minutes_become_a_stored_step_count(tiny_llama, examples, tmp_pat
 
 
 class FakeClock:
-    """`time.perf_counter` for the trainer: a training micro-batch (a `loss` call with grad) costs
+    """The trainer's clock (`perf_counter`, `process_time`): a training micro-batch (a `loss` call with grad) costs
     `cost(n)` seconds, `n` counting those calls from 1; everything else is free."""
 
     def __init__(self, monkeypatch, cost):
@@ -285,7 +285,9 @@ class FakeClock:
         from specbench.training import trainer
 
         self.now, self.calls, self.cost = 0.0, 0, cost
-        monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: self.now))
+        monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: self.now,
+                                                                   process_time=lambda: self.now))
+        monkeypatch.setattr(trainer.torch, "get_num_threads", lambda: 1)
         real_loss = SkipHeadDrafter.loss
 
         def timed_loss(drafter, batch):

@@ -9,10 +9,13 @@ budget; specbench keeps that rule with one recipe, used by `specbench train` wit
   stdlib-code and non-test MBPP prompts: exactly what `shared/data/regen/smollm2-135m/` ships
   (DESIGN.md §9), so the default target needs no generation. Other targets regenerate the same prompts.
 * **sequences** — at most 384 tokens (prompt + response); 64 held-out sequences for eval.
-* **budget** — 25 minutes of training wall time on the machine at hand (2 CPU cores here), turned into
+* **budget** — 25 minutes of training on the machine at hand (2 CPU cores here): wall time on a GPU, and
+  on a CPU this process's CPU time per torch thread (`trainer._clock`), which equals the wall time of a
+  run alone on the machine but is not eaten by other work sharing the cores (two drafters trained side
+  by side, or anything else running, each still get 25 minutes of compute). Turned into
   a fixed step count from the steady-state step time (an untimed warm-up micro-batch, then the
   median of timed micro-batches plus the optimizer step), and re-planned after the first few real
-  steps and at 1/4, 1/2 and 3/4 of the run from the measured wall time of the steps since the previous
+  steps and at 1/4, 1/2 and 3/4 of the run from the measured time of the steps since the previous
   plan, so the total fits what is left of the budget even when the speed changes; micro-batches
   of 8 sequences, no accumulation. Both plans, the final step count, the training seconds and the
   throughput are recorded with the drafter. `--steps N` gives a machine-independent run instead.

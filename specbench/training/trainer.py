@@ -276,10 +276,19 @@ def make_optimizer(params, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def _clock(device: torch.device) -> float:
-    """`perf_counter` once the device's queued work is done."""
+    """Training time as the budget counts it (`clock_name`). On CUDA: wall time once the device's queued
+    work is done. On a CPU: this process's CPU time per torch thread, so other work sharing the cores
+    (a second training run, a test suite) does not eat the budget: a run gets the same compute whatever
+    else the machine does, and on an otherwise idle machine this is its wall time (issue 19: equal
+    budgets under equal rules)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter()
+        return time.perf_counter()
+    return time.process_time() / torch.get_num_threads()
+
+
+def clock_name(device: torch.device) -> str:
+    return "wall" if device.type == "cuda" else "cpu-time/thread"
 
 
 def estimate_step_seconds(drafter, target, examples, cfg: TrainConfig, timed: int = 3) -> float:
@@ -408,7 +417,7 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
             step_s = estimate_step_seconds(drafter, target, train_set, cfg)
             total = plan_steps(step_s, cfg, len(eval_set))
             plan = {"planned_steps": total, "planned_step_seconds": step_s, "replan_after": replan_after(total, cfg),
-                    "load": load_average()}
+                    "clock": clock_name(target.device), "load": load_average()}
             log(plan_line(cfg, plan))
     window = (step, 0.0)  # (step, this session's seconds) at the start of the current re-plan window
 
