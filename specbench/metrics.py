@@ -1,7 +1,10 @@
 """Run summaries with the binding definitions of DESIGN.md §4.
 
 * τ = Σ committed decode tokens / Σ verification forwards, token-weighted over the run; the token
-  produced by prefill is excluded from both (AR has τ = 1 exactly).
+  produced by prefill is excluded from both (AR has τ = 1 exactly). The EAGLE/DFlash papers instead
+  average "accepted + 1" over rounds, counting a round's tokens in full even where EOS or the token
+  limit cut the last one: that is `tau_rounds` (≥ τ; they differ only through each answer's last
+  step, so by at most (τ_max − 1) / steps per answer).
 * speedup = AR time per output token ÷ method time per output token, as a ratio of sums over the
   run, end-to-end (prefill + decode) and decode-only; 95% bootstrap CI over batches (a batch is the
   unit whose wall time is measured; at batch size 1 that is a prompt).
@@ -76,7 +79,9 @@ def tau_stats(records: list[dict], arm: str = "method") -> dict:
         steps += zip(turn["accept_lengths"], step_drafts(turn))
     tau = tokens / forwards if forwards else None
     per_position, reached = per_position_acceptance(steps)
-    return {"tau": tau, "decode_tokens": tokens, "verify_forwards": forwards,
+    rounds = [n for n, _ in steps]
+    return {"tau": tau, "tau_rounds": float(np.mean(rounds)) if rounds else None,
+            "decode_tokens": tokens, "verify_forwards": forwards,
             "tau_histogram": {str(k): v for k, v in sorted(hist.items())},
             "per_position_acceptance": per_position, "per_position_steps": reached,
             "steps_without_draft_lengths": sum(d is None for _, d in steps)}

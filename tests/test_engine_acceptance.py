@@ -276,5 +276,12 @@ def test_accept_tree_on_a_chain_equals_accept_speculative_in_distribution():
 def test_brute_force_enumerations_cover_every_outcome():
     p = _dist(len(TREE), seed=11)
     assert sum(_tree_ref(p, TREE, None).values()) == pytest.approx(1.0)
-    assert sum(_chain_ref(p[:4], [1, 2, 3], 3, _dist(3, seed=12)).values()) == pytest.approx(1.0)
-    assert len(list(itertools.product(range(V), repeat=2))) == V * V
+    q = _dist(3, seed=12)
+    chain = _chain_ref(p[:4], [1, 2, 3], 3, q)
+    assert sum(chain.values()) == pytest.approx(1.0)
+    # independent closed forms for the chain: P(n = 0) = 1 - min(1, p1/q1), P(n = 3) = prod of the ratios
+    ratio = [min(1.0, float(p[i, x] / q[i, x])) for i, x in enumerate([1, 2, 3])]
+    assert sum(v for (n, _), v in chain.items() if n == 0) == pytest.approx(1 - ratio[0])
+    assert sum(v for (n, _), v in chain.items() if n == 3) == pytest.approx(ratio[0] * ratio[1] * ratio[2])
+    # every outcome is reachable: each accepted length 0..3 carries mass, each with a bonus distribution
+    assert {n for n, _ in chain} == {0, 1, 2, 3} and len(chain) == 4 * V

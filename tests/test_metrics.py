@@ -23,6 +23,19 @@ def test_tau_is_token_weighted_and_excludes_the_prefill_token():
     assert tau_stats(recs)["tau_histogram"] == {"1": 4, "3": 2}
 
 
+def test_tau_differs_from_the_per_prompt_mean_and_from_the_mean_of_untruncated_rounds():
+    """Three candidate definitions that agree on easy records are told apart: a long answer at 4 tokens
+    per step, a short one at 1, and a last step cut by EOS (4 committed, 2 kept)."""
+    recs = [_rec("a", "method", "b0", 1 + 10, 3, [4, 4, 4], 0.1, 1.0),  # 12 committed, 10 kept
+            _rec("b", "method", "b1", 1 + 2, 2, [1, 1], 0.1, 1.0)]
+    s = tau_stats(recs)
+    assert s["tau"] == pytest.approx(12 / 5)  # Σ kept decode tokens / Σ forwards
+    per_prompt_mean = (10 / 3 + 2 / 2) / 2
+    assert s["tau"] != pytest.approx(per_prompt_mean)
+    assert s["tau_rounds"] == pytest.approx(14 / 5)  # EAGLE/DFlash: accepted + 1 per round, uncut
+    assert s["tau"] < s["tau_rounds"]
+
+
 def test_per_position_conditional_acceptance():
     recs = [_rec("a", "method", "b0", 1 + 7, 4, [1, 2, 3, 1], 0.1, 1.0)]
     s = tau_stats(recs)
