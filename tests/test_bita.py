@@ -250,24 +250,27 @@ def test_save_load_round_trip_registry_and_describe(tmp_path):
             build_method("bita", target, drafter=drafter, **bad)
 
 
-def test_the_fixed_tree_is_reused_only_while_every_row_is_active():
+def test_the_fixed_tree_is_built_once_and_stopped_rows_are_cut_by_the_engine():
     """The step's tree is the same every step: its masks/depths/children are built once per batch size and
-    must equal a fresh build with the new tokens; a batch with a stopped row gets a fresh build."""
+    must equal a fresh build with the new tokens; a stopped row keeps the shape, and the engine's
+    `TreeBatch.only` leaves it nothing to accept below its root (issue 19)."""
     target = lossless.load_tiny("tiny-random-llama")
     dec = bita(target).make_decoder(SamplingConfig(), None)
     prompts = [[1, 2, 3, 4], [5, 6, 7]]
     dec.prefill(prompts, 64)
     fields = ("tokens", "parents", "depths", "intra", "children", "valid")
+    built = None
     for active in ([True, True], [True, True], [False, True], [True, True]):
         act = torch.tensor(active)
         got = dec.propose_tree(act)
         assert torch.equal(got.tokens, dec._next_tree())
-        shape = got.tokens.shape
-        fresh = TreeBatch.from_parents(got.tokens, dec._parents.expand(shape), act[:, None].expand(shape))
+        fresh = TreeBatch.from_parents(got.tokens, dec._parents.expand(got.tokens.shape))
         assert all(torch.equal(getattr(got, f), getattr(fresh, f)) for f in fields), active
-        assert bool(got.valid[0, 1:].any()) == active[0]
+        built = built or dec._shape
+        assert dec._shape is built  # never rebuilt
+        cut = got.only(act)
+        assert bool((cut.children[0] >= 0).any()) == active[0] and bool((cut.children[1] >= 0).any())
         dec._selected = dec._selected.roll(1, 0)  # other rows' groups: other tokens next time
-    assert dec._shape is not None and dec._shape.tokens.shape[0] == 2
 
 
 # -- lossless (the shared kit) ------------------------------------------------------------------------------
@@ -289,3 +292,13 @@ def test_lossless_chain():
     outputs = lossless.assert_lossless(lambda t: bita(t, tree="chain"), n_samples=2 ** 16)
     accepted = _accepted(outputs)
     assert max(accepted) >= 3 and min(accepted) == 1
+
+
+def test_the_head_and_top_k_over_the_selected_group_are_draft_time():
+    """Timing contract (DESIGN.md §4): BiTA drafts inside the verify pass; the LM head and top-k over the
+    selected mask group that build the next tree are draft time."""
+    from specbench.testing.spans import assert_draft_work_in_draft_span
+
+    target = lossless.load_tiny("tiny-random-llama")
+    method = bita(target)
+    assert_draft_work_in_draft_span(method, target, method.drafter, "mask_logits")

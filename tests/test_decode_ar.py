@@ -47,8 +47,22 @@ def test_rows_stop_independently_at_eos(tiny_llama):
     finally:
         target.eos_token_ids = [target.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     assert out.rows[0].tokens == first[: first.index(first[5]) + 1] and out.rows[0].stopped_by == "eos"
-    assert out.rows[1].stopped_by in ("length", "eos")
+    second = _ar(target, prompts[1:], 12).rows[0].tokens  # row 1 alone, without the new EOS
+    if first[5] in second:
+        want, why = second[: second.index(first[5]) + 1], "eos"
+    else:
+        want, why = second, "length"
+    assert out.rows[1].tokens == want and out.rows[1].stopped_by == why
+    assert len(out.rows[1].tokens) == 12 or why == "eos"
     assert len(out.steps["verify"]) == max(out.active_steps)
+
+
+def test_stopped_rows_keep_their_cache_while_the_others_run(tiny_llama, tiny_qwen3):
+    """The engine's rule for the AR arm too: a row that stopped commits nothing more (issue 19)."""
+    from specbench.testing.lossless import check_stopped_rows
+
+    for target in (tiny_llama, tiny_qwen3):
+        check_stopped_rows(build_method("ar", target), target)
 
 
 def test_sampling_is_seeded_and_uses_the_generator(tiny_llama):

@@ -100,12 +100,51 @@ def test_mask_token_choice(tiny_llama, tiny_qwen3):
     assert "mask_embedding" not in dict(make_drafter(tiny_llama, mask_token=5).named_parameters())
 
 
+_TRAINED: dict = {}
+
+
+def trained_drafter(target, steps: int = 80):
+    """A drafter fitted to the target's own greedy continuations of the kit prompts, so the kit's greedy
+    and cache checks run through accepted drafts (a random drafter's are nearly all rejected at T = 0)."""
+    from specbench.testing.lossless import ar_reference, kit_prompts
+
+    if target.name in _TRAINED:
+        return _TRAINED[target.name]
+    prompts = kit_prompts(target)
+    seqs = [p + r for p, r in zip(prompts, ar_reference(target, prompts, 40))]
+    width = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs])
+    lm = torch.zeros_like(ids)
+    for b, (p, seq) in enumerate(zip(prompts, seqs)):
+        lm[b, len(p): len(seq)] = 1
+    drafter = make_drafter(target, std=0.02, num_anchors=32).train()
+    with torch.no_grad(), capture_layers(target.model, drafter.cfg.target_layer_ids) as got:
+        target.model(input_ids=ids)
+    batch = {"input_ids": ids, "loss_mask": lm, "features": fused(got, drafter.cfg.target_layer_ids),
+             "lengths": torch.tensor([len(s) for s in seqs])}
+    opt = torch.optim.AdamW(drafter.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        loss, _ = drafter.loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _TRAINED[target.name] = drafter.eval()
+    return _TRAINED[target.name]
+
+
 def test_lossless_kit(tiny_llama, tiny_qwen3):
-    """T = 0 equals AR (batch 1, 4, 8; tiny Llama and Qwen3), target cache exact, T > 0 distribution;
-    plus the target-cache check at T > 0 with a ragged batch of 4 on both families."""
-    assert_lossless(lambda target: DFlashMethod(target, drafter=make_drafter(target)))
+    """T = 0 equals AR (batch 1, 4, 8; tiny Llama and Qwen3) with a drafter whose drafts are accepted,
+    target cache exact, stopped rows frozen, T > 0 distribution; plus the target-cache check at T > 0
+    with a ragged batch of 4 on both families."""
+    kit = {"tiny-random-llama": tiny_llama, "tiny-random-qwen3": tiny_qwen3}
+    outputs = assert_lossless(lambda t: DFlashMethod(t, drafter=trained_drafter(t) if t.name in kit
+                                                     else make_drafter(t)))
+    for name, batches in outputs.items():
+        lengths = [a for out in batches for row in out.rows for a in row.accept_lengths]
+        assert sum(lengths) / len(lengths) > 1.5 and max(lengths) == 5, (name, sum(lengths) / len(lengths))
     for target in (tiny_llama, tiny_qwen3):
-        check_cache(DFlashMethod(target, drafter=make_drafter(target)), target, steps=6, batch_size=4,
+        check_cache(DFlashMethod(target, drafter=trained_drafter(target)), target, steps=6, batch_size=4,
                     sampling=SamplingConfig(temperature=1.0))
 
 
@@ -225,3 +264,11 @@ def test_describe_and_save_load_roundtrip(tiny_llama, tmp_path):
     assert desc["mask_token"]["source"] == "learned drafter row" and desc["notes"]
     torch.testing.assert_close(method.drafter.fc.weight, drafter.fc.weight)
     assert build_method("dflash", tiny_llama, depth=3, drafter=str(path)).depth == 3
+
+
+def test_the_block_head_is_draft_time(tiny_llama):
+    """Timing contract (DESIGN.md §4): the draft pass and the LM head over the block are draft time."""
+    from specbench.testing.spans import assert_draft_work_in_draft_span
+
+    method = DFlashMethod(tiny_llama, drafter=make_drafter(tiny_llama))
+    assert_draft_work_in_draft_span(method, tiny_llama, method.drafter, "logits")

@@ -377,3 +377,12 @@ def test_save_load_registry_and_describe(tiny_qwen3, tmp_path):
         build_method("eagle3", tiny_qwen3)
     with pytest.raises(SpecbenchError):
         build_method("eagle3", tiny_qwen3, drafter=drafter, topk=3)
+
+
+def test_the_tree_draft_with_its_head_and_top_k_is_draft_time(tiny_llama):
+    """Timing contract (DESIGN.md §4): the dynamic tree (draft layer, head, top-k) is draft time."""
+    import specbench.methods.eagle3 as eagle3
+    from specbench.testing.spans import assert_draft_work_in_draft_span
+
+    method = Eagle3Method(tiny_llama, depth=3, drafter=make_drafter(tiny_llama))
+    assert_draft_work_in_draft_span(method, tiny_llama, eagle3, "draft_tree")

@@ -137,6 +137,37 @@ def test_the_kit_catches_a_biased_acceptance_rule():
     assert not all(r.passed for r in reports), "\n".join(map(str, reports))
 
 
+class LateBiasDrafter(ChainSpeculativeDecoder):
+    """Always drafts token 1; exact speculative sampling in its first step, the residual-free rule after
+    it: a bug in what a method carries past its first step, invisible to the first tokens alone."""
+
+    def propose(self, active):
+        b = len(self.last)
+        self.steps = getattr(self, "steps", 0) + 1
+        self.rule = residual_free_rule if self.steps > 1 else ChainSpeculativeDecoder.rule
+        return Proposal(torch.ones(b, self.depth, dtype=torch.long), torch.full((b,), self.depth))
+
+
+def test_the_kit_catches_a_bias_that_starts_after_the_first_step():
+    """Five tokens reach the second step; the marginals of the later tokens expose the bias."""
+    reports = check_distribution(drafter_factory(LateBiasDrafter, 2), n_samples=2 ** 15)
+    failed = {r.name for r in reports if not r.passed}
+    assert failed and failed <= {"t3", "t4", "t5", "t2,t3", "t4,t5"}, "\n".join(map(str, reports))
+
+
+def test_the_kit_requires_accepted_drafts_before_its_later_tokens():
+    """A drafter whose drafts are never accepted cannot pass the distribution check vacuously."""
+    with pytest.raises(AssertionError, match="accepted a draft in their first step"):
+        check_distribution(drafter_factory(NeverAcceptedDrafter, 2), n_samples=2 ** 12)
+
+
+class NeverAcceptedDrafter(ChainSpeculativeDecoder):
+    """Drafts nothing at all (a method that never gets a draft accepted looks like this to the kit)."""
+
+    def propose(self, active):
+        return Proposal.empty(len(self.last), self.target.device)
+
+
 def test_sampling_is_deterministic_for_a_seed():
     target = tiny_vocab_target()
     method = drafter_factory(RandomDrafter, 3)(target)

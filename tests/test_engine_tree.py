@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from specbench.engine import DraftTree, TreeBatch, TreeResult
-from specbench.engine.decoder import offered_path_lengths
+from specbench.engine import DraftTree, TreeBatch
+from specbench.engine.verify import offered_path_lengths
 from specbench.testing.drafters import bfs_parents
 
 TREE = DraftTree([10, 11, 12, 13, 14, 15, 16, 17], [-1, 0, 0, 1, 1, 2, 4, 0])
@@ -75,7 +75,8 @@ def test_offered_path_lengths_count_positions_the_accepted_path_could_reach():
     trees = TreeBatch.from_parents(torch.arange(4).expand(4, 4), parents)
     path = torch.tensor([[0, 1, 3], [0, 1, -1], [0, -1, -1], [0, 2, -1]])
     n = torch.tensor([2, 1, 0, 1])
-    result = TreeResult(path, n, torch.zeros(4, dtype=torch.long), torch.zeros(4, 3, dtype=torch.long),
-                        torch.zeros(4, 4, 5))
     # leaf 3 after 2 accepted; node 1 has a child; the root has children; leaf 2 after 1 accepted
-    assert offered_path_lengths(trees, result) == [2, 2, 1, 1]
+    assert offered_path_lengths(trees, path, n).tolist() == [2, 2, 1, 1]
+    # a stopped row's tree offers nothing below its root
+    stopped = trees.only(torch.tensor([True, True, False, True]))
+    assert offered_path_lengths(stopped, path, n).tolist()[2] == 0

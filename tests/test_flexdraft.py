@@ -432,3 +432,17 @@ def test_teacher_forced_acceptance_equals_decoding(chunk, monkeypatch):
             assert out.rows[0].tokens == seqs[b][len(p):]
             real = out.rows[0].accept_lengths
             assert sim[b][:-1] == real[:len(sim[b]) - 1] and sum(sim[b]) == len(seqs[b]) - len(p) - 1
+
+
+@pytest.mark.parametrize("mode", ["parallel", "sequential"])
+def test_the_head_and_calibration_after_the_pass_are_draft_time(mode):
+    """Timing contract (DESIGN.md §4): in parallel mode the mask rows ride in the verify pass, but the LM
+    head and calibration of the selected group run after it and are draft time; in sequential mode the
+    mask pass is draft time too."""
+    from specbench.testing.spans import assert_draft_work_in_draft_span
+
+    target = lossless.load_tiny("tiny-random-llama")
+    method = flex(target, mode=mode)
+    assert_draft_work_in_draft_span(method, target, method.drafter, "draft_logits")
+    if mode == "sequential":
+        assert_draft_work_in_draft_span(method, target, method.drafter, "mask_forward")

@@ -281,3 +281,12 @@ def test_cache_at_t1_and_sampler_ablation(decoding):
         lossless.check_cache(mtp(target, decoding=decoding), target, steps=5, sampling=SamplingConfig(temperature=1.0))
     target = lossless.load_tiny("tiny-random-llama")
     lossless.check_greedy(mtp(target, decoding=decoding, sampler=False), target, batch_sizes=(4,))
+
+
+def test_the_sampler_after_the_pass_is_draft_time():
+    """Timing contract (DESIGN.md §4): the sampler head's decode after the MTP pass is draft time."""
+    from specbench.testing.spans import assert_draft_work_in_draft_span
+
+    target = lossless.load_tiny("tiny-random-llama")
+    method = mtp(target)
+    assert_draft_work_in_draft_span(method, target, method.drafter, "draft")

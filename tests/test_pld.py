@@ -71,3 +71,11 @@ def test_pld_is_lossless(match):
     for row in rows:
         assert len(row.draft_lengths) == len(row.accept_lengths)
         assert all(a <= d + 1 and d <= 3 for a, d in zip(row.accept_lengths, row.draft_lengths))
+
+
+def test_the_lookup_is_draft_time(tiny_llama):
+    """Timing contract (DESIGN.md §4): the n-gram lookup lands in the draft span of every step."""
+    import specbench.methods.pld as pld
+    from specbench.testing.spans import assert_draft_work_in_draft_span
+
+    assert_draft_work_in_draft_span(build_method("pld", tiny_llama, depth=3), tiny_llama, pld, "prompt_lookup")

@@ -12,12 +12,16 @@ Its decoders must keep the engine's invariant (`specbench/engine/decoder.py`): `
    1) exactly, for the method at batch 1, 4 and 8 with prompts of different lengths, on tiny random
    Llama and Qwen3.
 2. **Cache** (`check_cache`): after every step of a ragged batch, each row's committed K/V equals a
-   fresh forward over its committed tokens, layer by layer.
-3. **Distribution** (`check_distribution`): at T > 0 the first three generated tokens after a fixed
+   fresh forward over its committed tokens, layer by layer; and (`check_stopped_rows`) a row that
+   stopped keeps its cache, history and drafter state frozen while the others run.
+3. **Distribution** (`check_distribution`): at T > 0 the first five generated tokens after a fixed
    prompt follow the target's exact distribution. The target is a one-layer Llama over 4 tokens, so
-   the exact distribution of (t1, t2, t3) is enumerated (16 continuations, one forward) and compared
-   with the histograms of `n_samples` seeded generations: the marginals of t1 (prefill), t2 and t3
-   (speculative steps) and the joint (t2, t3).
+   the exact distribution of (t1..t5) is enumerated (256 continuations, one forward) and compared
+   with the histograms of `n_samples` seeded generations: the marginals of t1 (prefill) to t5 and the
+   joints (t2, t3) and (t4, t5). Five tokens reach past the first speculative step, so what a method
+   carries from one step to the next after accepting drafts (drafter caches, selected mask groups,
+   the bonus) is tested too; the check requires that a stated share of the samples accepted a draft in
+   their first step, so a method that never accepts cannot pass it vacuously (issue 19).
 
 Why `n_samples = 2**17` catches a 1 % bias. For a histogram of n samples with K bins, Pearson's
 X² = n Σ (p̂ − p)²/p is χ²(K−1) for a lossless method and non-central χ²(K−1, λ) for a method whose
@@ -29,7 +33,8 @@ K = 4, df = 3: critical 21.8 (exact 21.1); P(χ²(3, 52.4) > 21.8) = 0.997.
 K = 16, df = 15: critical 44.6 (exact 44.3); P(χ²(15, 52.4) > 44.6) = 0.94.
 A 1 % bias in any tested marginal therefore fails with probability ≥ 0.997. The bound is tight for
 the worst-shaped bias δ ∝ ±p, which `worst_case_bias` builds for the negative control. (8 tokens
-would need 2^18 samples for the same power: the vocabulary is kept at 4 to keep the test fast.)
+would need 2^18 samples for the same power: the vocabulary is kept at 4 to keep the test fast.) With
+7 histograms the family-wise false-alarm rate is ≤ 7e-4.
 Bins with expected count < 5 are pooled; a sample on a probability-0 bin fails at once. Seeds are
 fixed, so the outcome is deterministic.
 """
@@ -149,6 +154,51 @@ def assert_cache_row(cache, target, row: int, committed: list[int], where: str =
                                        msg=lambda m: f"{where} row {row} layer {layer} {name}: {m}")
 
 
+def _row_state(decoder, row: int) -> tuple:
+    """Everything a stopped row must keep: cache length (host and device), committed tokens, last
+    token, and any drafter cache's length."""
+    state = [decoder.cache.lengths[row], int(decoder.cache.device_lengths[row]), int(decoder.last[row])]
+    history = getattr(decoder, "history", None)
+    if history is not None:
+        state += [history.row(row), int(history.lengths[row])]
+    draft = getattr(decoder, "draft_cache", None)
+    if draft is not None:
+        state += [draft.lengths[row], int(draft.device_lengths[row])]
+    return tuple(map(str, state))
+
+
+@torch.inference_mode()
+def check_stopped_rows(method, target, max_new_tokens: int = 24) -> None:
+    """Stopped rows stop (issue 19): in a ragged batch where row 1 hits EOS at its first token and the
+    other rows run on (stopping at that token too, if they meet it), every row's cache, history and
+    drafter state stay exactly as they were when it stopped, and the outputs still equal AR's."""
+    prompts = kit_prompts(target)
+    ref = ar_reference(target, prompts, max_new_tokens)
+    stop = ref[1][0]
+    if stop in ref[0][:4] or stop in ref[2][:4]:  # the other rows must decode for a while
+        raise AssertionError("pick kit prompts whose first tokens differ for this check")
+    expect = [r[: r.index(stop) + 1] if stop in r else r for r in ref[:3]]
+    decoder = method.make_decoder(SamplingConfig(), None)
+    frozen: dict[int, tuple] = {}
+    step = decoder.step
+
+    def watched(timer, active):
+        stopped = [b for b, live in enumerate(getattr(active, "host", active)) if not live]
+        for b in stopped:  # the state it stopped with, before any step it sits out
+            frozen.setdefault(b, _row_state(decoder, b))
+        out = step(timer, active)
+        for b in stopped:
+            state = _row_state(decoder, b)
+            assert frozen[b] == state, f"stopped row {b} changed: {frozen[b]} -> {state}"
+            assert out[b] == [], f"stopped row {b} committed {out[b]}"
+        return out
+
+    decoder.step = watched
+    out = generate(decoder, prompts[:3], max_new_tokens, [*target.eos_token_ids, stop], StepTimer(target.device))
+    assert [r.tokens for r in out.rows] == expect
+    assert 1 in frozen and out.active_steps[1] == 0 and max(out.active_steps) > 2
+
+
 # -- 3. the distribution at T > 0 --------------------------------------------------------------------
 
 class _IdTokenizer:
@@ -201,14 +251,18 @@ def exact_joint(target, prompt: list[int], n_tokens: int, sampling: SamplingConf
 
 
 def sample_continuations(method, target, prompt: list[int], n_samples: int, n_tokens: int,
-                         sampling: SamplingConfig, seed: int = 0, batch_size: int = 2 ** 17) -> torch.Tensor:
-    """`[n_samples, n_tokens]` generated tokens, one seeded batch of identical prompts at a time."""
+                         sampling: SamplingConfig, seed: int = 0, batch_size: int = 2 ** 17,
+                         first_steps: list | None = None) -> torch.Tensor:
+    """`[n_samples, n_tokens]` generated tokens, one seeded batch of identical prompts at a time;
+    `first_steps` (a list) collects the tokens each sample committed in its first step."""
     chunks = []
     for i, start in enumerate(range(0, n_samples, batch_size)):
         rows = min(batch_size, n_samples - start)
         gen = torch.Generator(device=target.device).manual_seed(seed * 1000003 + i)
         out = _generate(method, target, [list(prompt)] * rows, n_tokens, sampling, gen, eos_ids=[])
         chunks.append(torch.tensor([r.tokens for r in out.rows]))
+        if first_steps is not None:
+            first_steps += [r.accept_lengths[0] if r.accept_lengths else 0 for r in out.rows]
     return torch.cat(chunks)
 
 
@@ -269,21 +323,35 @@ def histogram_reports(samples: torch.Tensor, joint: torch.Tensor) -> list[Histog
     for i in range(n_tok):
         marginal = joint.sum(dim=[d for d in range(n_tok) if d != i])
         out.append(histogram_test(f"t{i + 1}", torch.bincount(samples[:, i], minlength=v), marginal))
-    if n_tok >= 3:
-        pair = joint.sum(dim=[d for d in range(n_tok) if d not in (1, 2)])  # [V, V]
-        counts = torch.bincount(samples[:, 1] * v + samples[:, 2], minlength=v * v)
-        out.append(histogram_test("t2,t3", counts, pair))
+    for a, b in ((1, 2), (3, 4)):
+        if b < n_tok:
+            pair = joint.sum(dim=[d for d in range(n_tok) if d not in (a, b)])  # [V, V]
+            counts = torch.bincount(samples[:, a] * v + samples[:, b], minlength=v * v)
+            out.append(histogram_test(f"t{a + 1},t{b + 1}", counts, pair))
     return out
 
 
+#: share of samples that must have accepted at least one draft in their first step, so that the tokens
+#: after it test the state a method carries past an acceptance (not only its first draft)
+MIN_FIRST_STEP_ACCEPTANCE = 0.05
+
+
 def check_distribution(method_factory, sampling: SamplingConfig = SamplingConfig(temperature=1.0),
-                       n_samples: int = 2 ** 17, n_tokens: int = 3, seed: int = 0) -> list[HistogramReport]:
-    """Histogram reports for the method on the tiny-vocabulary target (see the module docstring)."""
+                       n_samples: int = 2 ** 17, n_tokens: int = 5, seed: int = 0,
+                       min_accepted: float = MIN_FIRST_STEP_ACCEPTANCE) -> list[HistogramReport]:
+    """Histogram reports for the method on the tiny-vocabulary target (see the module docstring); the
+    share of samples whose first step accepted a draft must reach `min_accepted` (0 disables it, for
+    negative controls and methods that draft nothing)."""
     target = tiny_vocab_target()
     joint = exact_joint(target, DISTRIBUTION_PROMPT, n_tokens, sampling)
+    first_steps: list[int] = []
     with one_thread():
         samples = sample_continuations(method_factory(target), target, DISTRIBUTION_PROMPT, n_samples, n_tokens,
-                                       sampling, seed)
+                                       sampling, seed, first_steps=first_steps)
+    accepted = sum(n > 1 for n in first_steps) / max(len(first_steps), 1)
+    assert accepted >= min_accepted, (
+        f"only {accepted:.1%} of the samples accepted a draft in their first step: the distribution check "
+        f"would not reach the state after an acceptance (need {min_accepted:.0%})")
     return histogram_reports(samples, joint)
 
 
@@ -333,6 +401,7 @@ def assert_lossless(method_factory, targets=("tiny-random-llama", "tiny-random-q
             method = method_factory(target)
             outputs[name] = check_greedy(method, target, max_new_tokens)
             check_cache(method, target, cache_steps)
+            check_stopped_rows(method, target)
     if sampling is not None:
         reports = check_distribution(method_factory, sampling, n_samples)
         failed = [str(r) for r in reports if not r.passed]
