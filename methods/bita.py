@@ -93,7 +93,7 @@ class BiTAConfig:
 # -- layouts (A.4, A.5.2, A.6) ------------------------------------------------------------------------------
 
 def group_layout(lengths: torch.Tensor, positions: torch.Tensor, anchors: torch.Tensor,
-                 pending_see: torch.Tensor, masks: int):
+                 pending_see: torch.Tensor, masks: int, end: int | None = None):
     """Mask groups attached to pending rows: positions and visibility (A.4).
 
     `lengths [B]`: committed cache slots per row; `positions [B, q]`: position ids of the `q` pending
@@ -103,7 +103,8 @@ def group_layout(lengths: torch.Tensor, positions: torch.Tensor, anchors: torch.
     anchor's position + 1 + j (§1.2) and sees the committed slots, what its anchor sees, and the slots
     `<= j` of its own group. Prompt (prefix) keys are not included here: every mask row sees all of them.
 
-    Returns `(mask positions [B, G*M], visibility [B, 1, G*M, end + G*M])` with `end = max(lengths) + q`.
+    Returns `(mask positions [B, G*M], visibility [B, 1, G*M, end + G*M])` with `end = max(lengths) + q`
+    (pass `end` when it is known on the host).
     """
     b, g = anchors.shape
     q = positions.shape[1]
@@ -112,7 +113,8 @@ def group_layout(lengths: torch.Tensor, positions: torch.Tensor, anchors: torch.
     mask_pos = (positions.gather(1, anchors)[..., None] + 1 + j).reshape(b, g * masks)
     anchor_see = pending_see.expand(b, q, q).gather(1, anchors[..., None].expand(b, g, q))  # [B, G, q]
     row_see = anchor_see.repeat_interleave(masks, 1)  # [B, G*M, q]
-    ctx = slot_visibility(lengths, int(lengths.max()) + q, row_see)  # [B, G*M, end]
+    end = int(lengths.max()) + q if end is None else end
+    ctx = slot_visibility(lengths, end, row_see)  # [B, G*M, end]
     group, slot_j = torch.arange(g, device=dev).repeat_interleave(masks), j.repeat(g)
     own = (group[:, None] == group[None, :]) & (slot_j[None, :] <= slot_j[:, None])  # causal inside a group
     return mask_pos, torch.cat([ctx, own.expand(b, -1, -1)], -1)[:, None]
@@ -235,8 +237,8 @@ class BiTADrafter(Drafter):
         end = cache.view_end
         mask_c = cache.attention_mask(intra, self.target.dtype)
         see_pending = intra if intra is not None else torch.ones(q, q, dtype=torch.bool, device=ids.device).tril()
-        lengths = torch.tensor(cache.lengths, device=ids.device)
-        mask_pos, see = group_layout(lengths, positions, anchors, see_pending.reshape(-1, q, q), masks)
+        mask_pos, see = group_layout(cache.device_lengths, positions, anchors, see_pending.reshape(-1, q, q), masks,
+                                     end)
         x = self.t.embed(ids)
         xm = self.mask_rows(b, anchors.shape[1], masks)
         x, xm = self._layers(cache, end, x, self.t.rotary(x, positions), mask_c, xm, self.t.rotary(xm, mask_pos), see,
@@ -364,11 +366,10 @@ class BiTADecoder(TreeSpeculativeDecoder):
         return super().step(timer, active)
 
     def propose_tree(self, active: torch.Tensor) -> TreeBatch:
-        """The LM head over the selected group and the top-k run here, so they are timed as draft."""
+        """The LM head over the selected group and the top-k run here, so they are timed as draft. The
+        tree's shape is the same every step (stopped rows are cut to their root by the engine)."""
         tree = self._next_tree()
         b, n = tree.shape
-        if not bool(active.all()):  # stopped rows verify only their root
-            return TreeBatch.from_parents(tree, self._parents.expand(b, n), active[:, None].expand(b, n))
         if self._shape is None or self._shape.tokens.shape[0] != b:
             self._shape = TreeBatch.from_parents(tree, self._parents.expand(b, n))
         return replace(self._shape, tokens=tree)

@@ -382,24 +382,32 @@ class DFlashDecoder(ChainSpeculativeDecoder):
         self.draft_cache = RowKVCache(len(lengths), self.drafter.cfg.num_layers, self.cache.capacity,
                                       self.target.device)
         with torch.inference_mode():
-            self._extend_context(self.features, lengths)
-        self.pending, self.pending_counts = self.features[:, :0], [0] * len(lengths)
+            self._extend_context(self.features, lengths, self.cache.device_lengths)
+        self._no_pending()
 
     def on_commit(self, result):
         """Keep the verify-pass features of the committed block positions only (B.5-5)."""
-        counts = (result.n_accepted + 1).tolist()
-        self.pending, self.pending_counts = self.features[:, : max(counts)], counts
+        self.pending = self.features[:, : max(result.counts)]  # a stopped row has 0: its draft cache stays
+        self.pending_counts, self.pending_device_counts = result.counts, result.device_counts
+
+    def _no_pending(self) -> None:
+        self.pending, self.pending_counts = self.features[:, :0], [0] * self.features.shape[0]
+        self.pending_device_counts = torch.zeros(self.features.shape[0], dtype=torch.long, device=self.target.device)
 
     def propose(self, active):
         if self.depth < 1:
             return Proposal.empty(len(active), self.target.device)
+        if not bool(active.all()):  # rows that stopped since keep their draft cache (issue 19)
+            self.pending_device_counts = torch.where(active, self.pending_device_counts, 0)
+            self.pending_counts = self.pending_device_counts.tolist()
         drafts = self._draft()
         return Proposal(drafts, torch.full((len(active),), self.depth, device=drafts.device))
 
-    def _extend_context(self, pending: torch.Tensor, counts: list[int]):
+    def _extend_context(self, pending: torch.Tensor, counts: list[int], device_counts: torch.Tensor):
         """Project new committed features into the draft cache; returns per-layer K/V views.
 
-        `pending [B, P, L*H_t]` (row `b` valid for `j < counts[b]`) sits at positions
+        `pending [B, P, L*H_t]` (row `b` valid for `j < counts[b]`; `device_counts` the same on the
+        device) sits at positions
         `len[b] .. len[b] + counts[b] - 1`. Block K/V never enter the cache, which is the same as
         writing them and cropping after every draft call (B.5-4).
         """
@@ -408,16 +416,16 @@ class DFlashDecoder(ChainSpeculativeDecoder):
         ctx = self.drafter.fuse(pending)
         cos, sin = rotary(positions, self.drafter.cfg.head_dim, self.drafter.cfg.rope_theta, ctx.dtype)
         views = [cache.layers[i].update(*layer.context_kv(ctx, cos, sin)) for i, layer in enumerate(self.drafter.layers)]
-        cache.commit_prefix(counts)
+        cache.commit_prefix(counts, device_counts)
         return views
 
     @torch.inference_mode()
     def _draft(self) -> torch.Tensor:
         """Greedy drafts `[B, block-1]` for positions `start+1 ..` from one non-causal pass (B.3)."""
         drafter, bs, dev = self.drafter, self.block, self.target.device
-        views = self._extend_context(self.pending, self.pending_counts)
-        self.pending, self.pending_counts = self.pending[:, :0], [0] * len(self.pending_counts)
-        start = torch.tensor(self.draft_cache.lengths, device=dev)  # [B]
+        views = self._extend_context(self.pending, self.pending_counts, self.pending_device_counts)
+        self._no_pending()
+        start = self.draft_cache.device_lengths  # [B]
         end = views[0][0].shape[2]
         see_ctx = torch.arange(end, device=dev)[None, :] < start[:, None]  # [B, end]
         mask = torch.cat([see_ctx[:, None, :].expand(-1, bs, -1),

@@ -342,11 +342,13 @@ class Eagle3Drafter(Drafter):
         return total, metrics
 
     # -- inference pieces (A.3.2) ------------------------------------------------------------------------
-    def extend(self, cache: RowKVCache, feats: torch.Tensor, tokens: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    def extend(self, cache: RowKVCache, feats: torch.Tensor, tokens: torch.Tensor, counts: list[int],
+               device_counts: torch.Tensor | None = None) -> torch.Tensor:
         """Append committed pairs (f_t, x_{t+1}) to the draft cache; returns their outputs `[B, P, H]`.
 
-        `feats [B, P, 3H_t]` and `tokens [B, P]` are valid for the first `counts[b]` entries of row b;
-        pair i of row b sits at position `cache.lengths[b] + i` (causal among the new pairs).
+        `feats [B, P, 3H_t]` and `tokens [B, P]` are valid for the first `counts[b]` entries of row b
+        (`device_counts`: the same on the device); pair i of row b sits at position
+        `cache.lengths[b] + i` (causal among the new pairs).
         """
         h = self.fc(feats.to(self.fc.weight.dtype))
         positions = cache.begin_write(tokens.shape[1])  # [B, P]
@@ -354,7 +356,7 @@ class Eagle3Drafter(Drafter):
         keys, vals = cache.layers[0].update(k, v)  # [B, n_kv, end, d]
         mask = cache.attention_mask(None, q.dtype)  # [B, 1, P, end]
         out = attend(q, keys, vals, mask)
-        cache.commit_prefix(counts)
+        cache.commit_prefix(counts, device_counts)
         return self.midlayer.finish(h, out)
 
     def expand(self, cache: RowKVCache, scratch: list, visible: torch.Tensor, h: torch.Tensor, tokens: torch.Tensor,
@@ -365,11 +367,11 @@ class Eagle3Drafter(Drafter):
         one, those marked in `visible [B, k, n_scratch]` (their ancestors and themselves). Their
         keys/values are appended to `scratch` (a list of `(k, v)`), never to the cache (A.5-16).
         """
-        lengths = torch.tensor(cache.lengths, device=h.device)
+        lengths = cache.device_lengths
         positions = (lengths + level)[:, None].expand(h.shape[:2])
         q, k, v = self.midlayer.project(self.embed(tokens), h, positions)
         scratch.append((k, v))
-        end = int(lengths.max())
+        end = max(cache.lengths)
         layer = cache.layers[0]
         keys = torch.cat([layer.keys[:, :, :end], *(s[0] for s in scratch)], 2)
         vals = torch.cat([layer.values[:, :, :end], *(s[1] for s in scratch)], 2)
@@ -470,23 +472,23 @@ class Eagle3Decoder(TreeSpeculativeDecoder):
     @torch.inference_mode()
     def on_prefill(self, logits):
         """Draft pass over the prompt: pairs (f_t, x_{t+1}), the last one carrying the first token (A.3.1)."""
-        lengths = (self.history.lengths - 1).tolist()
+        lengths = [n - 1 for n in self.history.host_lengths]
         width = self.features.shape[1]
         self.draft_cache = RowKVCache(len(lengths), 1, self.cache.capacity, self.target.device)
         tokens = self.history.ids[:, 1:width + 1]
-        h = self.drafter.extend(self.draft_cache, self.features, tokens, lengths)
-        self.last_h = h[torch.arange(len(lengths)), torch.tensor(lengths) - 1]  # [B, H]
+        h = self.drafter.extend(self.draft_cache, self.features, tokens, lengths, self.history.lengths - 1)
+        self.last_h = h[torch.arange(len(lengths)), self.history.lengths - 2]  # [B, H]
 
     def on_commit(self, result):
         """Keep the accepted path's features (path order) and the tokens that follow them (A.3.5)."""
         n = result.n_accepted
-        m = int(n.max()) + 1
+        m = max(result.counts)  # a stopped row commits 0 pairs: its draft cache stays frozen
         rows = torch.arange(len(n), device=n.device)
-        path = result.path[:, :m].clamp_min(0)  # [B, m] tree indices, root first
+        path = result.path[:, :max(m, 1)].clamp_min(0)  # [B, m] tree indices, root first
         feats = self.features[rows[:, None], path]  # [B, m, 3H_t]
         nxt = torch.cat([self.tree.tokens.gather(1, path)[:, 1:], path[:, :1]], 1)  # token after each path node
-        nxt[rows, n] = result.bonus
-        self.pending = (feats, nxt, (n + 1).tolist())
+        nxt[rows, n.clamp(max=path.shape[1] - 1)] = result.bonus
+        self.pending = (feats, nxt, result.counts, result.device_counts)
 
     @torch.inference_mode()
     def step(self, timer, active):
@@ -494,16 +496,21 @@ class Eagle3Decoder(TreeSpeculativeDecoder):
         return super().step(timer, active)
 
     @torch.inference_mode()
-    def sync_draft(self) -> None:
-        """Append the last step's accepted pairs to the draft cache (start of the next draft)."""
+    def sync_draft(self, active: torch.Tensor | None = None) -> None:
+        """Append the last step's accepted pairs to the draft cache (start of the next draft); rows that
+        stopped since (`active` False) keep their draft cache as it is (issue 19)."""
         if self.pending is not None:
-            feats, tokens, counts = self.pending
-            h = self.drafter.extend(self.draft_cache, feats, tokens, counts)
-            self.last_h = h[torch.arange(len(counts)), torch.tensor(counts) - 1]  # [B, H]
+            feats, tokens, counts, device_counts = self.pending
+            if active is not None and not bool(active.all()):
+                device_counts = torch.where(active, device_counts, 0)
+                counts = device_counts.tolist()
+            h = self.drafter.extend(self.draft_cache, feats, tokens, counts, device_counts)
+            newest = h[torch.arange(len(counts), device=h.device), (device_counts - 1).clamp_min(0)]  # [B, H]
+            self.last_h = newest if min(counts) > 0 else torch.where((device_counts > 0)[:, None], newest, self.last_h)
             self.pending = None
 
     def propose_tree(self, active):
-        self.sync_draft()
+        self.sync_draft(active)
         self.tree = draft_tree(self.drafter, self.draft_cache, self.last, self.last_h, self.top_k, self.tree_depth,
                                self.total_tokens)
         return self.tree

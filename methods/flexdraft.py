@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specbench.decode import ActiveRows
 from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
 from specbench.engine.acceptance import accept_speculative
 from specbench.errors import SpecbenchError
@@ -125,18 +126,20 @@ def mask_visibility(lengths: torch.Tensor, end: int, block_ids: torch.Tensor,
     return torch.cat([ctx, own], -1)[:, None]
 
 
-def parallel_layout(lengths: torch.Tensor, width: int, groups: int, block: int):
+def parallel_layout(lengths: torch.Tensor, width: int, groups: int, block: int, longest: int | None = None):
     """Mask rows of a parallel step (E.5.2): group `g` <-> "c_0..c_g committed", slot `j` at position
     `start + g + 1 + j`; it sees the cache, candidates `c_0..c_g` and its own group.
 
-    Returns `(positions [B, G*B], visibility [B, 1, G*B, start_max + width + G*B], group ids [G*B])`.
+    Returns `(positions [B, G*B], visibility [B, 1, G*B, start_max + width + G*B], group ids [G*B])`;
+    `longest` is `start_max` when the caller knows it on the host.
     """
     dev = lengths.device
     g = torch.arange(groups, device=dev).repeat_interleave(block)  # [M]
     j = torch.arange(block, device=dev).repeat(groups)
     positions = lengths[:, None] + (g + 1 + j)[None, :]
     pending_see = (torch.arange(width, device=dev)[None, :] <= g[:, None])[None]  # [1, M, width]
-    see = mask_visibility(lengths, int(lengths.max()) + width, g, pending_see)
+    longest = int(lengths.max()) if longest is None else longest
+    see = mask_visibility(lengths, longest + width, g, pending_see)
     return positions, see, g
 
 
@@ -488,8 +491,8 @@ class FlexDraftDecoder(SpeculativeDecoder):
         self.modes_used: list[str] = []
 
     def mode_for(self, batch: int) -> str:
-        """E.9: parallel at batch <= threshold, sequential above. The batch is the tensor batch (rows
-        that stopped stay in the tensors, so they still cost)."""
+        """E.9: parallel at batch <= threshold, sequential above. The batch is the number of rows still
+        decoding: a stopped row drafts and commits nothing (issue 19), so it is no load to switch on."""
         if self.mode != "flex":
             return self.mode
         return "parallel" if batch <= self.batch_threshold else "sequential"
@@ -525,6 +528,7 @@ class FlexDraftDecoder(SpeculativeDecoder):
             if self.threshold > 0 and bool((running < self.threshold).all()):
                 break
         self.v = selective_length(conf, self.threshold)
+        self.v_max = int(self.v.max())  # the verify width, needed on the host
         self.drafts, self.draft_probs = drafts, probs
 
     @torch.inference_mode()
@@ -532,8 +536,8 @@ class FlexDraftDecoder(SpeculativeDecoder):
         """E.8: one block of B mask rows at `start .. start+B-1` (`start` = cache length = the bonus
         position) over the committed cache, read-only; the bonus enters only through calibration."""
         cache, bs = self.cache, self.block
-        lengths = torch.tensor(cache.lengths, device=self.target.device)
-        end = int(lengths.max())
+        lengths = cache.device_lengths
+        end = max(cache.lengths)
         positions = lengths[:, None] + torch.arange(bs, device=lengths.device)
         see = mask_visibility(lengths, end, torch.zeros(bs, dtype=torch.long, device=lengths.device))
         h = self.drafter.mask_forward(cache, end, self.drafter.mask_rows(len(lengths), bs), positions, see)
@@ -544,8 +548,7 @@ class FlexDraftDecoder(SpeculativeDecoder):
         """E.5: verify `ids = [c_0..c_{W-1}]` and draft one group per hypothesis `g < W` in one pass;
         keeps the groups' states `[B, G, B, H]` for the selection after acceptance."""
         b, w = ids.shape
-        lengths = torch.tensor(cache.lengths, device=ids.device)
-        positions, see, _ = parallel_layout(lengths, w, w, self.block)
+        positions, see, _ = parallel_layout(cache.device_lengths, w, w, self.block, max(cache.lengths))
         logits, hm = self.drafter.joint_forward(ids, cache, self.drafter.mask_rows(b, w * self.block), positions, see)
         self._groups = hm.view(b, w, self.block, -1)
         return logits
@@ -557,25 +560,25 @@ class FlexDraftDecoder(SpeculativeDecoder):
         self._draft_sequential(self.last)
 
     def step(self, timer, active):
-        act = torch.tensor(active, device=self.target.device)
-        v = torch.where(act, self.v, torch.zeros_like(self.v))
-        w = max(1, int(v.max()))
+        active = ActiveRows.of(active, self.target.device)
+        v = self.v if active.all else torch.where(active.device, self.v, torch.zeros_like(self.v))
+        w = max(1, self.v_max)
         probs = None if self.draft_probs is None else self.draft_probs[:, :w]
-        proposal = Proposal(self.drafts[:, :w], v, probs)
-        self.step_drafts = v.tolist()  # drafts verified per row (selective verification may cut the block)
-        mode = self.mode_for(len(active))
+        proposal = Proposal(self.drafts[:, :w], v, probs)  # drafts verified per row (selective verification)
+        mode = self.mode_for(sum(active.host))
         self.modes_used.append(mode)
         forward = self._parallel_forward if mode == "parallel" else None
         result = verify_chain(self.target, self.cache, self.last, proposal, self.sampling, self.generator,
-                              forward=forward, timer=timer, rule=self.rule)
+                              forward=forward, timer=timer, rule=self.rule,
+                              active=None if active.all else active.device)
         with timer.span("draft"), torch.inference_mode():
             if mode == "parallel":
-                rows = torch.arange(len(active), device=act.device)
+                rows = torch.arange(len(active.host), device=result.bonus.device)
                 self._set_drafts(self._groups[rows, result.n_accepted, 1:], result.bonus)
                 self._groups = None
             else:
                 self._draft_sequential(result.bonus)
-        return self._finish(result)
+        return self._finish(result, active)
 
 
 # -- the method ------------------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specbench.decode import ActiveRows
 from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
 from specbench.engine.acceptance import accept_speculative
 from specbench.errors import SpecbenchError
@@ -412,7 +413,8 @@ class MTPDecoder(SpeculativeDecoder):
         sampler decode is skipped when no row needs it)."""
         full = torch.full_like(bonus, self.depth)
         self.n_drafts = full if ok is None else torch.where(ok, full, torch.zeros_like(full))
-        if ok is not None and not bool(ok.any()):
+        self.drafting = ok is None or bool(ok.any())  # the host needs it for the next verify width
+        if not self.drafting:
             self.drafts = torch.zeros(len(bonus), self.depth, dtype=torch.long, device=bonus.device)
         else:
             self.drafts = self.drafter.draft(states, bonus, self.use_sampler)
@@ -441,22 +443,23 @@ class MTPDecoder(SpeculativeDecoder):
         return logits
 
     def step(self, timer, active):
-        act = torch.tensor(active, device=self.target.device)
-        proposal = Proposal(self.drafts, self.n_drafts).only(act)
-        width = self.depth if self.decoding == "quadratic" else int(proposal.lengths.max())
+        active = ActiveRows.of(active, self.target.device)
+        proposal = Proposal(self.drafts, self.n_drafts)
+        if not active.all:
+            proposal = proposal.only(active.device)
+        width = self.depth if self.decoding == "quadratic" else self.drafting * self.depth
         proposal = Proposal(proposal.tokens[:, :width], proposal.lengths)
         self._lengths = proposal.lengths
-        self.step_drafts = proposal.lengths.tolist()
         result = verify_chain(self.target, self.cache, self.last, proposal, self.sampling, self.generator,
                               forward=self._mtp_forward, timer=timer, rule=self.rule)
         with timer.span("draft"), torch.inference_mode():
-            rows = torch.arange(len(active), device=act.device)
+            rows = torch.arange(len(active.host), device=result.bonus.device)
             if self.decoding == "quadratic":
                 self._set_drafts(self._states[rows, result.n_accepted], result.bonus)
             else:  # B.5.2: the masks are conditioned on a rejected token unless every draft was accepted
                 self._set_drafts(self._states[:, 0], result.bonus, ok=result.n_accepted == proposal.lengths)
             self._states = None
-        return self._finish(result)
+        return self._finish(result, active)
 
 
 # -- the method ------------------------------------------------------------------------------------------

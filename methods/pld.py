@@ -61,8 +61,9 @@ class PromptLookupDecoder(ChainSpeculativeDecoder):
         self.max_ngram, self.min_ngram, self.match = int(max_ngram), int(min_ngram), match
 
     def propose(self, active: torch.Tensor) -> Proposal:
-        return prompt_lookup(self.history.ids, self.history.lengths, self.depth, self.max_ngram, self.min_ngram,
-                             self.match)
+        """Look up over the filled part of the history only (the buffer is sized for the whole answer)."""
+        filled = self.history.ids[:, :max(self.history.host_lengths)]
+        return prompt_lookup(filled, self.history.lengths, self.depth, self.max_ngram, self.min_ngram, self.match)
 
 
 class PromptLookupMethod(Method):

@@ -36,15 +36,44 @@ class Decoder(ABC):
         """Process the prompts; return each row's first generated token."""
 
     @abstractmethod
-    def step(self, timer: StepTimer, active: list[bool]) -> list[list[int]]:
+    def step(self, timer: StepTimer, active) -> list[list[int]]:
         """One draft → verify → accept → commit step; tokens committed per row (bonus included).
 
-        `active[b]` is False for rows that already stopped; their output is ignored, and a decoder
-        may skip work for them.
+        `active` (`ActiveRows`, or a list of bools) says which rows still decode. A stopped row drafts
+        nothing and commits nothing: its cache, history and drafter state stay frozen and it returns
+        `[]` (the engine's rule, `specbench.engine`; issue 19 "stopped rows stop").
         """
 
     #: tokens a method may commit in one step beyond the first; the loop reserves cache room for it
     max_step_tokens: int = 1
+
+
+class ActiveRows:
+    """Which rows of a batch still decode, on the host (`host`, list of bools) and on the device
+    (`device`, bool `[B]`). `generate` owns one and updates both when a row stops, so a step reads
+    either without a transfer."""
+
+    def __init__(self, flags, device):
+        self.host = [bool(f) for f in flags]
+        self.device = torch.tensor(self.host, dtype=torch.bool, device=device)
+
+    @classmethod
+    def of(cls, active, device) -> "ActiveRows":
+        """`active` as given to `Decoder.step`: an `ActiveRows` or a list of bools (tests)."""
+        return active if isinstance(active, ActiveRows) else cls(active, device)
+
+    def stop(self, rows: list[int]) -> None:
+        for b in rows:
+            self.host[b] = False
+        self.device[rows] = False
+
+    @property
+    def all(self) -> bool:
+        return all(self.host)
+
+    def counts(self, n: int = 1) -> list[int]:
+        """`n` for each active row, 0 for each stopped one (what an AR-like step commits)."""
+        return [n if a else 0 for a in self.host]
 
 
 def prefill_batch(target, prompts: list[list[int]], capacity: int, sampling: SamplingConfig,
@@ -53,7 +82,9 @@ def prefill_batch(target, prompts: list[list[int]], capacity: int, sampling: Sam
 
     Every decoder's prefill, the AR arm's included, is this computation, so both arms of a run start
     from the same first token (DESIGN.md §4). `forward` (default `target.forward`) lets a drafter see
-    the prompt pass. Returns `(cache, prompt logits [B, width, V], first tokens [B])`.
+    the prompt pass. Logits are computed at each row's last prompt position only (`logits_at`); a
+    `forward` that returns every position is read there. Returns `(cache, last logits [B, V], first
+    tokens [B])`.
     """
     forward = forward or target.forward
     lengths = [len(p) for p in prompts]
@@ -61,11 +92,14 @@ def prefill_batch(target, prompts: list[list[int]], capacity: int, sampling: Sam
     pad = target.tokenizer.pad_token_id or 0
     ids = torch.tensor([p + [pad] * (width - len(p)) for p in prompts], device=target.device)
     cache = target.new_cache(len(prompts), capacity)
-    logits = forward(ids, cache)  # [B, width, V]
+    last = [n - 1 for n in lengths]
+    logits = forward(ids, cache, logits_at=last)  # [B, 1, V] (or [B, width, V])
     cache.commit_prefix(lengths)
-    rows = torch.arange(len(prompts), device=target.device)
-    last = torch.tensor(lengths, device=target.device) - 1
-    return cache, logits, next_tokens(logits[rows, last], sampling, generator)
+    if logits.shape[1] == 1:
+        logits = logits[:, 0]
+    else:
+        logits = logits[torch.arange(len(prompts), device=target.device), torch.tensor(last, device=target.device)]
+    return cache, logits, next_tokens(logits, sampling, generator)
 
 
 @dataclass
@@ -96,18 +130,18 @@ def generate(decoder: Decoder, prompts: list[list[int]], max_new_tokens: int, eo
     first = decoder.prefill(prompts, capacity)
     t1 = timer.now()
     rows = [RowOutput(tokens=[t]) for t in first]
-    active = []
     for r in rows:
         r.stopped_by = "eos" if r.tokens[0] in eos else ("length" if max_new_tokens <= 1 else "")
-        active.append(not r.stopped_by)
+    active = ActiveRows([not r.stopped_by for r in rows], decoder.target.device)
     active_steps = [0] * len(rows)
-    while any(active):
+    while any(active.host):
         timer.start_step()
         committed = decoder.step(timer, active)
         timer.end_step()
         drafted = getattr(decoder, "step_drafts", None)  # set by specbench.engine decoders
+        stopped = []
         for b, toks in enumerate(committed):
-            if not active[b]:
+            if not active.host[b]:
                 continue
             active_steps[b] += 1
             r = rows[b]
@@ -121,7 +155,9 @@ def generate(decoder: Decoder, prompts: list[list[int]], max_new_tokens: int, eo
                 elif len(r.tokens) >= max_new_tokens:
                     r.stopped_by = "length"
                 if r.stopped_by:
-                    active[b] = False
+                    stopped.append(b)
                     break
+        if stopped:
+            active.stop(stopped)
     t2 = timer.now()
     return BatchOutput(rows, t1 - t0, t2 - t1, timer.resolve(), active_steps)

@@ -14,6 +14,13 @@ Speculative decoding commits a different number of tokens per row at every step.
 Prompts are right-padded at prefill: a row's pad slots lie beyond its length and are overwritten by
 its next write, so no left padding, no position shift and no padding drift exist. Position ids are
 slot indices (the cache never has holes).
+
+Lengths live twice, kept equal by every commit: `lengths` (a host list, for shapes: the attention
+window and the capacity) and `device_lengths` (`[B]` on the model's device, for positions and masks),
+so a forward never copies lengths to the device and a commit never reads them back (issue 19: the
+AR arm must not pay per token a host round trip that a method pays per step). Masks are built from
+`device_lengths` in a couple of kernels; a causal write into rows of equal length needs none at all
+(`attention_mask(..., allow_none=True)`: SDPA's causal path, as in HF's own decoding).
 """
 
 from __future__ import annotations
@@ -59,6 +66,9 @@ class _RowLayer(CacheLayerMixin):
         self.device = key_states.device
         self.keys = key_states.new_zeros((b, h, cap, d))
         self.values = value_states.new_zeros((b, h, cap, value_states.shape[-1]))
+        if self.owner.static and self.keys.is_cuda:  # captured graphs read and write these in place
+            torch._dynamo.mark_static_address(self.keys)
+            torch._dynamo.mark_static_address(self.values)
         self.is_initialized = True
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -98,74 +108,109 @@ class _RowLayer(CacheLayerMixin):
 class RowKVCache(Cache):
     """KV cache with per-row lengths; see the module docstring for the slot discipline."""
 
-    def __init__(self, batch_size: int, num_layers: int, capacity: int, device: torch.device | str):
+    def __init__(self, batch_size: int, num_layers: int, capacity: int, device: torch.device | str,
+                 static: bool = False):
         self.rows = batch_size
         self.capacity = max(int(capacity), 1)
+        #: static: every forward attends over the whole capacity and writes by scatter, so a step's shapes
+        #: depend on (batch, q) alone — what a captured graph needs (`specbench.compiled`); never grows
+        self.static = static
         self.device = torch.device(device)
         self.lengths: list[int] = [0] * batch_size
+        self.device_lengths = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.write_slots: torch.Tensor | None = None
         self.write_start = 0
         self.view_end = 0
         self.pending = 0
+        self._steps = torch.arange(64, device=self.device)  # [0..63]: in-block offsets, grown on demand
         super().__init__(layers=[_RowLayer(self) for _ in range(num_layers)])
+
+    def _offsets(self, q: int) -> torch.Tensor:
+        if q > self._steps.numel():
+            self._steps = torch.arange(max(q, 2 * self._steps.numel()), device=self.device)
+        return self._steps[:q]
+
+    @property
+    def uniform(self) -> bool:
+        """Every row holds the same number of tokens (always at batch 1)."""
+        return min(self.lengths, default=0) == max(self.lengths, default=0)
 
     # -- forward bookkeeping -------------------------------------------------------------------
     def begin_write(self, q: int) -> torch.Tensor:
         """Reserve `q` pending slots per row; returns their position ids `[B, q]`."""
         need = max(self.lengths) + q
         if need > self.capacity:
+            if self.static:
+                raise ValueError(f"a static cache cannot grow: {need} slots needed, {self.capacity} reserved")
             self.capacity = max(need, 2 * self.capacity)
-        lengths = torch.tensor(self.lengths, device=self.device)
-        positions = lengths[:, None] + torch.arange(q, device=self.device)[None, :]
-        if min(self.lengths) == max(self.lengths):
+        positions = self.device_lengths[:, None] + self._offsets(q)[None, :]
+        if self.uniform and not self.static:
             self.write_slots, self.write_start = None, self.lengths[0]
         else:
             self.write_slots = positions
-        self.view_end = need
+        self.view_end = self.capacity if self.static else need
         self.pending = q
         return positions
 
-    def attention_mask(self, intra: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    def attention_mask(self, intra: torch.Tensor | None, dtype: torch.dtype, allow_none: bool = False):
         """Additive mask `[B, 1, q, view_end]` for the pending write.
 
         Query `j` of row `b` sees the row's committed slots `< lengths[b]` and, among the pending
         tokens, those allowed by `intra` (`[q, q]` or `[B, q, q]` bool, True = visible; None = causal).
+        A causal write (`intra` None) is one comparison; with `allow_none` and rows of equal length it
+        is None, which the target's attention reads as plain causal attention over the window.
         """
         q, end = self.pending, self.view_end
-        dev = self.device
         if intra is None:
-            intra = torch.ones(q, q, dtype=torch.bool, device=dev).tril()
-        visible = slot_visibility(torch.tensor(self.lengths, device=dev), end, intra)  # [B, q, end]
+            if allow_none and self.uniform and not self.static:
+                return None
+            slot = torch.arange(end, device=self.device)
+            limit = self.device_lengths[:, None] + self._offsets(q)[None, :]  # [B, q]: last visible slot
+            visible = slot[None, None, :] <= limit[:, :, None]  # [B, q, end]
+        else:
+            visible = slot_visibility(self.device_lengths, end, intra)  # [B, q, end]
         return additive_mask(visible, dtype)[:, None]  # [B, 1, q, end]
 
     # -- committing ----------------------------------------------------------------------------
-    def commit_prefix(self, counts: list[int]) -> None:
+    def _commit_lengths(self, counts: list[int], device_counts: torch.Tensor | None) -> None:
+        """Add `counts` (host) to both copies of the lengths; `device_counts` saves the upload when
+        the caller already holds them on the device."""
+        self.lengths = [n + c for n, c in zip(self.lengths, counts)]
+        if device_counts is None:
+            device_counts = torch.tensor(counts, dtype=torch.long).to(self.device, non_blocking=True)
+        self.device_lengths += device_counts.to(torch.long)
+        self.pending = 0
+
+    def commit_prefix(self, counts: list[int], device_counts: torch.Tensor | None = None) -> None:
         """Keep the first `counts[b]` pending tokens of each row (chain verification, prefill, AR)."""
         for b, n in enumerate(counts):
             if not 0 <= n <= self.pending:
                 raise ValueError(f"row {b}: cannot commit {n} of {self.pending} pending tokens")
-            self.lengths[b] += n
-        self.pending = 0
+        self._commit_lengths(list(counts), device_counts)
 
-    def commit_slots(self, keep, counts: torch.Tensor | None = None) -> None:
+    def commit_slots(self, keep, counts: torch.Tensor | None = None, host_counts: list[int] | None = None) -> None:
         """Keep the pending tokens with indices `keep[b]` (in order) for each row.
 
         `keep` is a list of index lists, or a `[B, M]` tensor of which row b uses the first
-        `counts[b]` entries. The kept tokens move to contiguous slots after the row's committed
-        prefix, in path order (the tree-path gather of issue 4; eagle3_dflash.md A.3.5). Their keys
-        already carry the rotary phase of their depth position, which equals their new slot index
-        when `keep[b]` is a root-to-node path. One gather + scatter per layer for the whole batch.
+        `counts[b]` entries (`host_counts`: the same counts on the host, when the caller has them). The
+        kept tokens move to contiguous slots after the row's committed prefix, in path order (the
+        tree-path gather of issue 4; eagle3_dflash.md A.3.5). Their keys already carry the rotary phase
+        of their depth position, which equals their new slot index when `keep[b]` is a root-to-node
+        path. One gather + scatter per layer for the whole batch.
         """
         if counts is None:
-            counts = torch.tensor([len(k) for k in keep], dtype=torch.long)
-            width = int(counts.max()) if len(keep) else 0
+            host_counts = [len(k) for k in keep]
+            counts = torch.tensor(host_counts, dtype=torch.long)
+            width = max(host_counts, default=0)
             keep = torch.tensor([list(k) + [0] * (width - len(k)) for k in keep], dtype=torch.long).reshape(-1, width)
         keep, counts = keep.to(self.device), counts.to(self.device)
+        if host_counts is None:
+            host_counts = counts.tolist()
         j = torch.arange(keep.shape[1], device=self.device)[None, :]
         valid = j < counts[:, None]
-        if bool((valid & ((keep < 0) | (keep >= self.pending))).any()) or bool((counts > self.pending).any()):
+        if max(host_counts, default=0) > self.pending or bool((valid & ((keep < 0) | (keep >= self.pending))).any()):
             raise ValueError(f"pending index out of range (pending {self.pending}): {keep.tolist()}")
-        lengths = torch.tensor(self.lengths, device=self.device)[:, None]
+        lengths = self.device_lengths[:, None]
         src = lengths + torch.where(valid, keep, j)  # [B, M]; padding copies a slot onto itself
         dst = lengths + j
         if not torch.equal(src, dst):
@@ -176,8 +221,7 @@ class RowKVCache(Cache):
                             b, h, _, d = buf.shape
                             moved = buf.gather(2, src[:, None, :, None].expand(b, h, -1, d))
                             buf.scatter_(2, dst[:, None, :, None].expand(b, h, -1, d), moved)
-        self.lengths = [n + c for n, c in zip(self.lengths, counts.tolist())]
-        self.pending = 0
+        self._commit_lengths(host_counts, counts)
 
     # -- HF Cache API used by models ---------------------------------------------------------------
     def get_seq_length(self, layer_idx: int = 0) -> int:

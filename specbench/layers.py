@@ -95,6 +95,30 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos[:, None] + torch.cat([-x2, x1], -1) * sin[:, None]
 
 
+def attend_parts(q: torch.Tensor, parts: list, scale: float) -> torch.Tensor:
+    """One softmax of `q [B, h, M, d]` over several key/value parts, each `(k [B, h_k, T, d], v, visible)`
+    with `h % h_k == 0` (GQA: a query head group reads its kv head in place) and `visible` a bool
+    `[B, 1, M, T]` or None (all visible). Each part's scores and log-sum-exp are computed on its own and
+    the outputs merged by their share of the total mass (the flash-decoding merge), so the cached context
+    is read where it lies: no per-layer concatenation with the rows' own keys or shared prompts, and no
+    repeat of the context to per-query-head width (issue 20: BiTA copied its context three times per
+    layer per step). Exact: the same softmax, in float32."""
+    b, h, m, d = q.shape
+    outs, lses = [], []
+    for k, v, visible in parts:
+        hk = k.shape[1]
+        qg = q.reshape(b, hk, (h // hk) * m, d)  # query heads of a group share their kv head
+        scores = (qg @ k.transpose(-1, -2)).float().view(b, h, m, -1) * scale  # [B, h, M, T]
+        if visible is not None:
+            scores = scores.masked_fill(~visible, float("-inf"))
+        lse = torch.logsumexp(scores, -1, keepdim=True)  # [B, h, M, 1]; -inf where nothing is visible
+        p = torch.exp(scores - lse.clamp_min(torch.finfo(torch.float32).min)).to(v.dtype)
+        outs.append((p.view(b, hk, -1, k.shape[2]) @ v).view(b, h, m, d))
+        lses.append(lse)
+    total = torch.logsumexp(torch.cat(lses, -1), -1, keepdim=True)  # [B, h, M, 1]
+    return sum(o * torch.exp(lse - total).to(o.dtype) for o, lse in zip(outs, lses))
+
+
 def mask_row_attention(attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        ctx_k: torch.Tensor, ctx_v: torch.Tensor, see: torch.Tensor, head_dim: int,
                        shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -102,9 +126,10 @@ def mask_row_attention(attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin:
     Qwen3's optional q/k norms): the target layer's own module (bita A.3) or a trained copy (flexdraft
     E.2.3).
 
-    Keys/values: `shared_kv` (`[B, heads', P, d]` each, seen by every row: BiTA's prompts), then the
-    context `ctx_k/v [B, kv, T, d]` (cache slots), then the rows' own. `see [B, 1, M, T + M]` bool covers
-    the context and own keys. The rows' K/V stay local: nothing here is written to a cache.
+    Keys/values: `shared_kv` (`[B or 1, heads', P, d]` each, seen by every row: BiTA's prompts), the
+    context `ctx_k/v [B, kv, T, d]` (cache slots), and the rows' own. `see [B, 1, M, T + M]` bool covers
+    the context and own keys. The rows' K/V stay local: nothing here is written to a cache. The parts
+    are attended in place and merged (`attend_parts`).
     """
     b, m, _ = h.shape
     shape = (b, m, -1, head_dim)
@@ -113,17 +138,12 @@ def mask_row_attention(attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin:
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, M, d]
     q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-    keys, values = torch.cat([ctx_k.to(k.dtype), k], 2), torch.cat([ctx_v.to(v.dtype), v], 2)
+    t = ctx_k.shape[2]
+    parts = [(ctx_k.to(k.dtype), ctx_v.to(v.dtype), see[..., :t]), (k, v, see[..., t:])]
     if shared_kv is not None:
         sk, sv = shared_kv
-        if sk.shape[1] != keys.shape[1]:  # per-query-head shared keys: widen the GQA context to match
-            keys = keys.repeat_interleave(sk.shape[1] // keys.shape[1], 1)
-            values = values.repeat_interleave(sk.shape[1] // values.shape[1], 1)
-        keys, values = torch.cat([sk.to(k.dtype), keys], 2), torch.cat([sv.to(v.dtype), values], 2)
-        see = torch.cat([see.new_ones(see.shape[:-1] + (sk.shape[2],)), see], -1)
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=see,
-                                         scale=float(getattr(attn, "scaling", head_dim ** -0.5)),
-                                         enable_gqa=q.shape[1] != keys.shape[1])
+        parts.append((sk.to(k.dtype).expand(b, -1, -1, -1), sv.to(v.dtype).expand(b, -1, -1, -1), None))
+    out = attend_parts(q, parts, float(getattr(attn, "scaling", head_dim ** -0.5)))
     return attn.o_proj(out.transpose(1, 2).reshape(b, m, -1))
 
 

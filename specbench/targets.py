@@ -89,6 +89,10 @@ class Target:
     dtype: torch.dtype
     chat: ChatSettings = field(default_factory=ChatSettings)
     _fingerprint: str | None = None
+    #: "eager", or "compiled" (`specbench.compiled.compile_target`: static cache, captured decode forwards)
+    regime: str = "eager"
+    compile_mode: str | None = None
+    compiled_model: torch.nn.Module | None = None
 
     def __post_init__(self):
         self.model.eval()
@@ -132,6 +136,7 @@ class Target:
                 "vocab_size": self.vocab_size, "parameters": sum(p.numel() for p in self.model.parameters()),
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
                 "attn_implementation": getattr(self.config, "_attn_implementation", None),
+                "regime": self.regime, "compile_mode": self.compile_mode,
                 "chat": self.chat.as_dict()}
 
     # -- prompts -------------------------------------------------------------------------------
@@ -151,27 +156,60 @@ class Target:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # -- running the model -----------------------------------------------------------------------
+    @torch.inference_mode()
+    def float32_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits `[B, q, V]` of a plain forward in float32, for judging near-ties (DESIGN.md §5): the
+        model itself when it runs in fp32, else an fp32 copy made once (on the CPU if the device has no
+        room for it)."""
+        if self.dtype == torch.float32:
+            return self.model(input_ids=input_ids).logits.float()
+        if getattr(self, "_fp32_model", None) is None:
+            import copy
+
+            try:
+                self._fp32_model = copy.deepcopy(self.model).float().eval()
+            except torch.OutOfMemoryError:
+                self._fp32_model = copy.deepcopy(self.model).to("cpu").float().eval()
+        device = next(self._fp32_model.parameters()).device
+        return self._fp32_model(input_ids=input_ids.to(device)).logits.float()
+
     def new_cache(self, batch_size: int, capacity: int) -> RowKVCache:
+        if self.regime == "compiled":
+            from specbench.compiled import static_capacity
+
+            return RowKVCache(batch_size, self.num_layers, static_capacity(capacity), self.device, static=True)
         return RowKVCache(batch_size, self.num_layers, capacity, self.device)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, cache: RowKVCache, intra: torch.Tensor | None = None,
-                depths: torch.Tensor | None = None, logits_to_keep: int = 0) -> torch.Tensor:
+                depths: torch.Tensor | None = None, logits_to_keep: int = 0,
+                logits_at: list[int] | None = None) -> torch.Tensor:
         """Run `input_ids` `[B, q]` as pending tokens of `cache`; returns logits `[B, q', V]`.
 
         `intra` (`[q, q]` or `[B, q, q]` bool) says which pending tokens see each other (None =
         causal); `depths` (`[q]` or `[B, q]`) overrides the position offsets inside the block, as tree
         verification needs. The new keys/values stay pending until the caller commits them.
-        `logits_to_keep` > 0 computes logits for the last that many positions only.
+        `logits_to_keep` > 0 computes logits for the last that many positions only; `logits_at[b]`
+        (host ints) for one position per row only, `[B, 1, V]` (a ragged prefill reads each row's last
+        prompt position: the full `[B, q, V]` was a fifth of smollm2's prefill FLOPs, issue 19).
         """
         q = input_ids.shape[1]
         positions = cache.begin_write(q)
         if depths is not None:
             positions = positions[:, :1] + depths.to(positions.device).expand(positions.shape)
-        mask = cache.attention_mask(intra, self.dtype)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         use_cache=True, logits_to_keep=logits_to_keep, **{self.cache_kwarg: cache})
-        return out.logits
+        mask = cache.attention_mask(intra, self.dtype, allow_none=depths is None)
+        keep = logits_to_keep
+        if logits_at is not None:
+            wanted = sorted(set(logits_at))
+            keep = 1 if wanted == [q - 1] else torch.tensor(wanted, device=self.device)
+        model = self.compiled_model if self.compiled_model is not None and logits_at is None else self.model
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                    use_cache=True, logits_to_keep=keep, **{self.cache_kwarg: cache})
+        logits = out.logits
+        if logits_at is not None and logits.shape[1] > 1:  # [B, k, V] over the k distinct positions
+            column = torch.tensor([wanted.index(p) for p in logits_at], device=logits.device)
+            logits = logits[torch.arange(len(logits_at), device=logits.device), column][:, None]
+        return logits
 
 
 # -- loading -----------------------------------------------------------------------------------------

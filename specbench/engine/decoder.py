@@ -14,31 +14,38 @@ Hooks for drafters with state: `forward` (wrap `target.forward`, e.g. to capture
 `on_prefill(logits)` and `on_commit(result)`. `step_drafts` (drafts per row in the last step) lets
 `generate` record `draft_lengths` next to `accept_lengths`, so per-position acceptance can tell
 "rejected" from "nothing drafted" (PLD without a match): a chain's draft length, a tree's length
-along the accepted path (`offered_path_lengths`).
+along the accepted path (`verify.offered_path_lengths`).
+
+Stopped rows (`ActiveRows`) draft nothing and commit nothing: `verify_chain` / `verify_tree` empty
+their proposals and commit 0 tokens for them, and `_finish` keeps their last token and history, so
+drafters that sync their own caches from `result.counts` freeze them too (issue 19).
 """
 
 from __future__ import annotations
 
 import torch
 
-from specbench.decode import Decoder, prefill_batch
+from specbench.decode import ActiveRows, Decoder, prefill_batch
 from specbench.engine.acceptance import accept_speculative
 from specbench.engine.tree import DraftTree, TreeBatch
 from specbench.engine.verify import ChainResult, Proposal, TreeResult, verify_chain, verify_tree
 
 
 class TokenHistory:
-    """Prompt + emitted tokens of every row in one growing `[B, capacity]` buffer (drafters read it)."""
+    """Prompt + emitted tokens of every row in one growing `[B, capacity]` buffer (drafters read it).
+    Lengths are kept on the device (`lengths`, drafters index with them) and on the host
+    (`host_lengths`, for the buffer's size), so appending reads nothing back."""
 
     def __init__(self, prompts: list[list[int]], device, capacity: int):
         width = max(max(map(len, prompts)), capacity)
         self.ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts], dtype=torch.long, device=device)
-        self.lengths = torch.tensor([len(p) for p in prompts], device=device)
+        self.host_lengths = [len(p) for p in prompts]
+        self.lengths = torch.tensor(self.host_lengths, device=device)
 
-    def append(self, tokens: torch.Tensor, counts: torch.Tensor) -> None:
-        """Append the first `counts[b]` of `tokens [B, m]` to each row."""
+    def append(self, tokens: torch.Tensor, counts: torch.Tensor, host_counts: list[int]) -> None:
+        """Append the first `counts[b]` of `tokens [B, m]` to each row (`host_counts`: the same counts)."""
         m = tokens.shape[1]
-        need = int(self.lengths.max()) + m
+        need = max(self.host_lengths) + m
         if need > self.ids.shape[1]:
             self.ids = torch.nn.functional.pad(self.ids, (0, max(need, 2 * self.ids.shape[1]) - self.ids.shape[1]))
         pos = self.lengths[:, None] + torch.arange(m, device=self.ids.device)[None, :]  # [B, m]
@@ -46,9 +53,10 @@ class TokenHistory:
         rows = torch.arange(tokens.shape[0], device=self.ids.device)[:, None].expand_as(pos)
         self.ids[rows[keep], pos[keep]] = tokens[keep]
         self.lengths += counts
+        self.host_lengths = [n + c for n, c in zip(self.host_lengths, host_counts)]
 
     def row(self, b: int) -> list[int]:
-        return self.ids[b, : self.lengths[b]].tolist()
+        return self.ids[b, : self.host_lengths[b]].tolist()
 
 
 class SpeculativeDecoder(Decoder):
@@ -66,20 +74,24 @@ class SpeculativeDecoder(Decoder):
         """`prefill_batch` (the AR arm's computation) through `self.forward`, then the token history."""
         self.cache, logits, self.last = prefill_batch(self.target, prompts, capacity, self.sampling,
                                                       self.generator, forward=self.forward)
-        self.history = TokenHistory([p + [t] for p, t in zip(prompts, self.last.tolist())], self.target.device,
-                                    capacity)
+        first = self.last.tolist()
+        self.history = TokenHistory([p + [t] for p, t in zip(prompts, first)], self.target.device, capacity)
         self.on_prefill(logits)
-        return self.last.tolist()
+        return first
 
     def on_prefill(self, logits: torch.Tensor) -> None:
-        """Drafter hook: prompt logits `[B, width, V]` (right-padded); the history is ready."""
+        """Drafter hook: the prompts' last logits `[B, V]`; the history is ready."""
 
     def on_commit(self, result) -> None:
-        """Drafter hook after each step's commit (`ChainResult` or `TreeResult`)."""
+        """Drafter hook after each step's commit (`ChainResult` or `TreeResult`); stopped rows have
+        `result.counts[b] == 0` and must keep their drafter state."""
 
-    def _finish(self, result) -> list[list[int]]:
-        self.last = result.bonus
-        self.history.append(result.emitted, result.n_accepted + 1)
+    def _finish(self, result, active: ActiveRows) -> list[list[int]]:
+        """The step's end for every speculative decoder: the new last tokens (a stopped row keeps its
+        own), the history, the drafter hook, the drafts offered; returns the committed tokens."""
+        self.last = result.bonus if active.all else torch.where(active.device, result.bonus, self.last)
+        self.history.append(result.emitted, result.device_counts, result.counts)
+        self.step_drafts = result.drafted
         self.on_commit(result)
         return result.committed
 
@@ -94,14 +106,13 @@ class ChainSpeculativeDecoder(SpeculativeDecoder):
         raise NotImplementedError
 
     def step(self, timer, active) -> list[list[int]]:
-        act = torch.tensor(active, device=self.target.device)
+        active = ActiveRows.of(active, self.target.device)
         with timer.span("draft"):
-            proposal = self.propose(act)
-        proposal = proposal.only(act)
-        self.step_drafts = proposal.lengths.tolist()
+            proposal = self.propose(active.device)
         result: ChainResult = verify_chain(self.target, self.cache, self.last, proposal, self.sampling,
-                                           self.generator, forward=self.forward, timer=timer, rule=self.rule)
-        return self._finish(result)
+                                           self.generator, forward=self.forward, timer=timer, rule=self.rule,
+                                           active=None if active.all else active.device)
+        return self._finish(result, active)
 
 
 class TreeSpeculativeDecoder(SpeculativeDecoder):
@@ -116,25 +127,12 @@ class TreeSpeculativeDecoder(SpeculativeDecoder):
         raise NotImplementedError
 
     def step(self, timer, active) -> list[list[int]]:
-        act = torch.tensor(active, device=self.target.device)
+        active = ActiveRows.of(active, self.target.device)
         with timer.span("draft"):
-            trees = self.propose_tree(act)
+            trees = self.propose_tree(active.device)
         if not isinstance(trees, TreeBatch):
             trees = TreeBatch.stack(trees, pad_id=self.target.tokenizer.pad_token_id or 0).to(self.target.device)
-        if not torch.equal(trees.tokens[:, 0], self.last):
-            raise ValueError("every tree's root must be the decoder's last emitted token")
         result: TreeResult = verify_tree(self.target, self.cache, trees, self.sampling, self.generator,
-                                         forward=self.forward, timer=timer)
-        self.step_drafts = offered_path_lengths(trees, result)
-        return self._finish(result)
-
-
-def offered_path_lengths(trees: TreeBatch, result: TreeResult) -> list[int]:
-    """Per row, draft positions the tree offered along its accepted path: the accepted nodes, plus one
-    when the last accepted node has children (a position tried and rejected). A chain's draft length
-    for per-position acceptance: a full-path acceptance at a leaf rejected nothing, however many nodes
-    the tree had."""
-    rows = torch.arange(result.path.shape[0], device=result.path.device)
-    last = result.path[rows, result.n_accepted]  # the last accepted node (the root when none was)
-    has_child = (trees.children[rows, last] >= 0).any(-1)
-    return (result.n_accepted + has_child.long()).tolist()
+                                         forward=self.forward, timer=timer,
+                                         active=None if active.all else active.device)
+        return self._finish(result, active)

@@ -17,6 +17,7 @@ the tree whose node i has parent i − 1.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -100,21 +101,26 @@ class TreeBatch:
         valid = valid.clone()
         valid[:, 0] = True
         rows = torch.arange(b, device=dev)
+        # pointer jumping instead of a Python loop over nodes: after round r each node knows its ancestors
+        # up to 2^r levels up and `up`, its 2^r-th ancestor (the root, or itself for the root and pads);
+        # depth <= N - 1, so ceil(log2(N)) rounds reach every root without reading anything back
+        has = valid & (parents >= 0)
+        node = torch.arange(n, device=dev).expand(b, n)
+        up = torch.where(has, parents.clamp_min(0), node)  # [B, N]
         intra = torch.eye(n, dtype=torch.bool, device=dev).repeat(b, 1, 1)
-        depths = torch.zeros(b, n, dtype=torch.long, device=dev)
-        for i in range(1, n):
-            par = parents[:, i].clamp_min(0)
-            has = valid[:, i] & (parents[:, i] >= 0)
-            intra[:, i] |= intra[rows, par] & has[:, None]
-            depths[:, i] = torch.where(has, depths[rows, par] + 1, 0)
+        intra[rows[:, None], node, up] = True
+        depths = has.long()  # steps from each node to `up`
+        for _ in range(max(1, (n - 1).bit_length())):
+            intra |= torch.gather(intra, 1, up[:, :, None].expand(b, n, n))  # my ancestors' ancestors
+            depths = depths + depths.gather(1, up)
+            up = up.gather(1, up)
         # rank of each node among its parent's children, in index order
-        linked = valid & (parents >= 0)
+        linked = has
         parent_of = torch.where(linked, parents, n)  # n = "no parent" bucket
         onehot = torch.nn.functional.one_hot(parent_of, n + 1)  # [B, N(child), N+1(parent)]
         rank = onehot.cumsum(1).gather(2, parent_of[:, :, None])[:, :, 0] - 1  # [B, N]
         width = int(rank[linked].max()) + 1 if linked.any() else 1
         children = torch.full((b, n + 1, width), -1, dtype=torch.long, device=dev)
-        node = torch.arange(n, device=dev).expand(b, n)
         slot = torch.where(linked, rank, 0)
         children[rows[:, None].expand(b, n)[linked], parent_of[linked], slot[linked]] = node[linked]
         return cls(tokens, torch.where(linked, parents, -1), depths, intra, children[:, :n], valid, probs)
@@ -139,6 +145,11 @@ class TreeBatch:
             for i, t in enumerate(trees):
                 probs[i, : len(t)] = t.probs
         return cls.from_parents(tokens.to(dev), parents.to(dev), valid.to(dev), probs)
+
+    def only(self, active: torch.Tensor) -> "TreeBatch":
+        """The same trees with nothing offered below the root of rows outside `active` (bool `[B]`):
+        a stopped row's root has no children to try, so it accepts nothing (issue 19)."""
+        return dataclasses.replace(self, children=torch.where(active[:, None, None], self.children, -1))
 
     def to(self, device) -> "TreeBatch":
         move = lambda x: None if x is None else x.to(device)  # noqa: E731

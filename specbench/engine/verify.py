@@ -14,6 +14,15 @@ The bonus token is returned but not written to the cache: it is the first input 
 `forward` defaults to `target.forward`; a method that needs the target's hidden states (EAGLE-3,
 DFlash) passes a wrapper that captures them. Only the forward is timed as "verify"; acceptance and
 cache work count as "other" (DESIGN.md §4).
+
+Two rules hold for every method because they live here (issue 19):
+
+* **Stopped rows stop.** With `active` given, a stopped row commits nothing: its cache length (and,
+  through the decoders, its history and drafter state) stays frozen while the others run.
+* **One host read per step.** Acceptance stays on the device; the per-row counts, committed tokens
+  and drafts offered are read back in a single transfer (`counts`, `committed`, `drafted`), which is
+  what the cache commit, the history and the decode loop use. The AR arm reads its new tokens once
+  per token; a method now reads once per step, not once per bookkeeping call.
 """
 
 from __future__ import annotations
@@ -61,11 +70,10 @@ class ChainResult:
     bonus: torch.Tensor  # [B]
     emitted: torch.Tensor  # [B, k+1]: accepted drafts then the bonus; row b valid up to n_accepted[b] + 1
     logits: torch.Tensor  # [B, k+1, V] target logits at [last, d1..dk]
-
-    @property
-    def committed(self) -> list[list[int]]:
-        """Tokens emitted this step per row (accepted drafts + bonus)."""
-        return [row[: n + 1] for row, n in zip(self.emitted.tolist(), self.n_accepted.tolist())]
+    counts: list[int]  # tokens committed per row: n_accepted + 1, 0 for a stopped row
+    committed: list[list[int]]  # those tokens (accepted drafts + bonus) per row
+    drafted: list[int]  # drafts the row offered this step (0 for a stopped row)
+    device_counts: torch.Tensor | None = None  # `counts` on the device
 
 
 @dataclass
@@ -75,10 +83,21 @@ class TreeResult:
     bonus: torch.Tensor  # [B]
     emitted: torch.Tensor  # [B, D+1] accepted path tokens (root excluded) then the bonus
     logits: torch.Tensor  # [B, N, V] target logits at every node
+    counts: list[int]
+    committed: list[list[int]]
+    drafted: list[int]  # draft positions offered along the accepted path (`offered_path_lengths`)
+    device_counts: torch.Tensor | None = None
 
-    @property
-    def committed(self) -> list[list[int]]:
-        return [row[: n + 1] for row, n in zip(self.emitted.tolist(), self.n_accepted.tolist())]
+
+def read_step(counts: torch.Tensor, emitted: torch.Tensor, drafted: torch.Tensor):
+    """The step's one host read: `(counts, committed tokens, drafts offered)` per row as lists."""
+    rows = torch.cat([counts[:, None], drafted[:, None].to(counts.dtype), emitted], 1).tolist()
+    return [r[0] for r in rows], [r[2:2 + r[0]] for r in rows], [r[1] for r in rows]
+
+
+def commit_counts(n: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    """Tokens each row commits: its accepted drafts + the bonus, nothing for a stopped row."""
+    return n + 1 if active is None else torch.where(active, n + 1, 0)
 
 
 def with_bonus(tokens: torch.Tensor, n: torch.Tensor, bonus: torch.Tensor) -> torch.Tensor:
@@ -96,25 +115,47 @@ def accept_chain(logits: torch.Tensor, proposal: Proposal, sampling: SamplingCon
 
 
 def verify_chain(target, cache, last: torch.Tensor, proposal: Proposal, sampling: SamplingConfig,
-                 generator: torch.Generator | None, forward=None, timer=None, rule=accept_speculative) -> ChainResult:
-    """Verify `[last, d1..dk]` in one forward and commit `last` + accepted drafts per row."""
+                 generator: torch.Generator | None, forward=None, timer=None, rule=accept_speculative,
+                 active: torch.Tensor | None = None) -> ChainResult:
+    """Verify `[last, d1..dk]` in one forward and commit `last` + accepted drafts per active row."""
+    if active is not None:
+        proposal = proposal.only(active)
     ids = torch.cat([last[:, None], proposal.tokens], dim=1)  # [B, k+1]
     with timer.span("verify") if timer else nullcontext():
         logits = (forward or target.forward)(ids, cache)  # [B, k+1, V]
     n, bonus = accept_chain(logits, proposal, sampling, generator, rule)
-    cache.commit_prefix((n + 1).tolist())
-    return ChainResult(n, bonus, with_bonus(proposal.tokens, n, bonus), logits)
+    emitted = with_bonus(proposal.tokens, n, bonus)
+    device_counts = commit_counts(n, active)
+    counts, committed, drafted = read_step(device_counts, emitted, proposal.lengths)
+    cache.commit_prefix(counts, device_counts)
+    return ChainResult(n, bonus, emitted, logits, counts, committed, drafted, device_counts)
 
 
 def verify_tree(target, cache, trees: TreeBatch, sampling: SamplingConfig, generator: torch.Generator | None,
-                forward=None, timer=None) -> TreeResult:
-    """Verify a batch of trees (root = last token) and gather each row's accepted path."""
+                forward=None, timer=None, active: torch.Tensor | None = None) -> TreeResult:
+    """Verify a batch of trees (root = last token) and gather each active row's accepted path."""
+    if active is not None:
+        trees = trees.only(active)
     with timer.span("verify") if timer else nullcontext():
         logits = (forward or target.forward)(trees.tokens, cache, intra=trees.intra, depths=trees.depths)  # [B, N, V]
     if sampling.greedy:
         path, n, bonus = accept_tree_greedy(logits.argmax(-1), trees)
     else:
         path, n, bonus = accept_tree(logits_to_probs(logits, sampling), trees, generator)
-    cache.commit_slots(path, n + 1)
-    drafted = trees.tokens.gather(1, path[:, 1:].clamp_min(0))  # [B, D], valid up to n
-    return TreeResult(path, n, bonus, with_bonus(drafted, n, bonus), logits)
+    drafted_tokens = trees.tokens.gather(1, path[:, 1:].clamp_min(0))  # [B, D], valid up to n
+    emitted = with_bonus(drafted_tokens, n, bonus)
+    device_counts = commit_counts(n, active)
+    counts, committed, drafted = read_step(device_counts, emitted, offered_path_lengths(trees, path, n))
+    cache.commit_slots(path, device_counts, host_counts=counts)
+    return TreeResult(path, n, bonus, emitted, logits, counts, committed, drafted, device_counts)
+
+
+def offered_path_lengths(trees: TreeBatch, path: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """Per row, draft positions the tree offered along its accepted path: the accepted nodes, plus one
+    when the last accepted node has children (a position tried and rejected). A chain's draft length
+    for per-position acceptance: a full-path acceptance at a leaf rejected nothing, however many nodes
+    the tree had. `[B]`."""
+    rows = torch.arange(path.shape[0], device=path.device)
+    last = path[rows, n]  # the last accepted node (the root when none was)
+    has_child = (trees.children[rows, last] >= 0).any(-1)
+    return n + has_child.long()
