@@ -30,10 +30,21 @@ def config_options(cls: type[Drafter], options: dict | None) -> dict:
     return {k: v for k, v in options.items() if k in names}
 
 
+#: dataclass field metadata of config fields added after drafters were cached: left out of the store key
+#: while at their default, so that the keys of drafters trained before them stay valid
+NEW_FIELD = {"store_key": "omit_default"}
+
+
+def key_fields(config) -> dict:
+    """The config fields that key the store (all, but `NEW_FIELD`s at their default)."""
+    new = {f.name: f.default for f in dataclasses.fields(config) if f.metadata.get("store_key") == "omit_default"}
+    return {k: v for k, v in dataclasses.asdict(config).items() if not (k in new and v == new[k])}
+
+
 def store_path(target, cls: type[Drafter], options: dict | None = None,
                recipe: TrainingRecipe = STANDARD_CPU) -> Path:
     config = cls.default_config(target, **config_options(cls, options))
-    config = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    config = key_fields(config) if dataclasses.is_dataclass(config) else dict(config)
     train_config = recipe.train_config(cls).as_dict()
     del train_config["save_at"]  # snapshots along the way do not change the drafter (trainer.py)
     identity = {"class": f"{cls.__module__}:{cls.__qualname__}", "config": config, "recipe": recipe.as_dict(),
