@@ -151,6 +151,12 @@ class Checkpoint:
         value = self.config.get(name)
         return default if value is None else value
 
+    def require(self, name: str, *sections: str):
+        value = self.setting(name, None, *sections)
+        if value is None:
+            raise self.refuse(f"config.json has no {name}")
+        return value
+
     def refuse(self, what: str) -> SpecbenchError:
         return SpecbenchError(f"{self.source}: {what}")
 

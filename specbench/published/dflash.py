@@ -77,12 +77,12 @@ def convert(ckpt: Checkpoint, layout: str, target) -> DFlashDrafter:
            target.num_layers, target)
     if any(not 0 <= i < target.num_layers for i in ids):
         raise ckpt.refuse(f"target_layer_ids {ids} do not fit a target with {target.num_layers} layers")
-    expect(ckpt, "the hidden size", ckpt.setting("hidden_size", None), c.hidden_size, target)
+    expect(ckpt, "the hidden size", ckpt.require("hidden_size"), c.hidden_size, target)
     expect(ckpt, "the vocabulary", ckpt.setting("vocab_size", target.vocab_size), target.vocab_size, target)
     rows = target.model.get_input_embeddings().weight.shape[0]
     if not 0 <= int(mask_id) < rows:
         raise ckpt.refuse(f"mask_token_id {mask_id} is not a row of the target's {rows}-row embedding")
-    heads = int(ckpt.setting("num_attention_heads", None))
+    heads = int(ckpt.require("num_attention_heads"))
     block = int(ckpt.setting("block_size", PAPER_DEFAULTS["block_size"], SECTION))
     config = DFlashConfig(
         target_hidden_size=c.hidden_size, hidden_size=c.hidden_size, num_heads=heads,

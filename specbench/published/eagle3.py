@@ -66,16 +66,16 @@ def feature_layers(ckpt: Checkpoint, layout: str, num_layers: int) -> list[int]:
 def convert(ckpt: Checkpoint, layout: str, target) -> Eagle3Drafter:
     sec = ("transformer_layer_config",) if layout == "speculators" else ()
     keys, prefix, c = ckpt.keys(), LAYER_PREFIX[layout], target.config
-    refuse_flags(ckpt, VARIANTS)
+    refuse_flags(ckpt, VARIANTS, "eagle_config")
     if int(ckpt.setting("num_hidden_layers", 1, *sec)) != 1:
         raise ckpt.refuse("multi-layer EAGLE-3 heads are not implemented (one draft layer, A.1.2)")
     if ckpt.setting("hidden_act", "silu", *sec) != "silu":
         raise ckpt.refuse(f"activation {ckpt.setting('hidden_act', None, *sec)!r} is not implemented (SiLU MLP)")
-    hidden = ckpt.setting("hidden_size", None, *sec)
+    hidden = ckpt.require("hidden_size", *sec)
     expect(ckpt, "the draft hidden size", hidden, c.hidden_size, target)
     expect(ckpt, "the feature hidden size", ckpt.setting("target_hidden_size", hidden), c.hidden_size, target)
     expect(ckpt, "the vocabulary", ckpt.setting("vocab_size", target.vocab_size, *sec), target.vocab_size, target)
-    heads = int(ckpt.setting("num_attention_heads", None, *sec))
+    heads = int(ckpt.require("num_attention_heads", *sec))
     kv_heads = int(ckpt.setting("num_key_value_heads", heads, *sec))
     q_rows = ckpt.shape(prefix + "self_attn.q_proj.weight")[0]
     if q_rows % heads:

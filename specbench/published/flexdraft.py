@@ -47,7 +47,7 @@ def convert(ckpt: Checkpoint, layout: str, target) -> FlexDraftDrafter:
     if split + n != target.num_layers:
         raise ckpt.refuse(f"split layer {split} with {n} draft layers does not end at the target's last layer "
                           f"({target.num_layers} layers): draft layer i pairs with target layer split + i")
-    expect(ckpt, "the hidden size", ckpt.setting("hidden_size", None), target.config.hidden_size, target)
+    expect(ckpt, "the hidden size", ckpt.require("hidden_size"), target.config.hidden_size, target)
     expect(ckpt, "the vocabulary", ckpt.setting("vocab_size", target.vocab_size), target.vocab_size, target)
     calibrated = "anchor_bias_mlp.0.weight" in keys
     if ckpt.setting("enable_anchor_bias_logits", False, *SECTIONS) and not calibrated:
