@@ -69,17 +69,18 @@ class Method:
 
     def attach_drafter(self, drafter) -> None:
         """Set `self.drafter` from a drafter object, a saved drafter folder (checked against the target's
-        fingerprint on load), or `auto` / a folder of drafters (resolved through the drafter store), in
+        fingerprint on load), a published one (converted, issue 21), or `auto` / a folder of drafters /
+        `hub:ORG/NAME` (resolved through the drafter store), in
         eval mode; then refuse drafter options the drafter was not trained with. One message for every
         method when there is no drafter or an option clashes."""
         cls = self.drafter_class
         if isinstance(drafter, cls):
             self.drafter, self.drafter_path = drafter.attach(self.target), None
         elif drafter:
-            from specbench.training.store import resolve_drafter
+            from specbench.training.store import load_drafter, resolve_drafter
 
             path = resolve_drafter(self.name, self.target, str(drafter), options=self.options)
-            self.drafter, self.drafter_path = cls.load(path, self.target), path
+            self.drafter, self.drafter_path = load_drafter(cls, path, self.target), path
         else:
             raise SpecbenchError(f"{self.name} needs a trained drafter: pass --drafter PATH|auto (train one with "
                                  f"`specbench train --method {self.name}`)")

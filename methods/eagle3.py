@@ -19,6 +19,13 @@ counting the root and `depth` = drafted path length − 1 (12), raw draft scores
 acceptance (14, engine), path-order target cache gather (15, engine), scratch tree K/V dropped every
 cycle (16) and τ counting the bonus (17, the shared loop).
 
+The draft layer is plain Llama attention for every target family, Qwen3 included: the reference code
+and the published Qwen3 heads (AngelSlim, SpecForge, speculators' Llama-layer exports) have no q/k
+norms. `Eagle3Config.qk_norm` stays (default False) so that older specbench drafters trained with
+Qwen3 q/k norms still load, and so that checkpoints shipping them (a speculators head whose layer
+config is Qwen3) are reproduced exactly; `norm_before_residual` is the speculators variant whose
+residual is the normalised feature. Released checkpoints load through `specbench.published`.
+
 Deviations, all reported by `describe()`:
 * batch > 1: per-row draft and target caches (the reference is batch 1);
 * the prompt's draft pass runs in `prefill` (the reference runs it inside its first draft call);
@@ -44,9 +51,13 @@ from specbench.layers import DecoderLayerShape, RMSNorm, apply_rotary, rope_thet
 from specbench.methods.base import Method
 from specbench.training.drafter import Drafter
 from specbench.training.features import capture_layers
+from specbench.training.store import NEW_FIELD
 
 #: EAGLE-3's evaluation-script tree (A.4): top-k 10, depth 5 (6 drafted levels), 60 nodes incl. root
 PAPER_TREE = {"top_k": 10, "tree_depth": 6, "total_tokens": 60}
+#: the same tree 8 levels deep (EAGLE's `depth` 8): what EAGLE's maintainers advise for EAGLE-3 heads to
+#: reach the reported speedups, the evaluation scripts' depth 5 being EAGLE-2's (SafeAILab/EAGLE#209)
+DEEP_TREE = {"top_k": 10, "tree_depth": 9, "total_tokens": 60}
 #: smollm2-135m on 2 CPU cores: verification cost grows with the node count much faster than on a
 #: GPU (4 nodes 1.5x an AR step, 16 nodes 2.3x, 60 nodes 5.3x), so a chain wins. With a drafter at
 #: held-out acc 0.52, gsm8k --limit 10, 1 thread: chain 3 (4 nodes) tau 2.06 / 1.13x, chain 4 2.15 /
@@ -85,13 +96,15 @@ class Eagle3Config(DecoderLayerShape):
     vocab_size: int
     draft_vocab_size: int
     feature_layers: list[int]
-    qk_norm: bool  # Qwen3-family layer
+    qk_norm: bool = False  # q/k RMSNorms in the draft attention: older specbench Qwen3 drafters only
     ttt_steps: int = PAPER_TRAINING["ttt_steps"]
     decay: float = PAPER_TRAINING["decay"]
     vocab_coverage: float | None = None  # share of supervised training tokens inside the draft vocab
     #: start `lm_head` / `norm` from the target's LM head rows of the draft vocab and final norm
     #: instead of from scratch (A.1.2); off by default, an ablation for tiny training budgets
     head_from_target: bool = False
+    #: the residual around attention is `hidden_norm(h)` instead of `h` (speculators' option)
+    norm_before_residual: bool = dataclasses.field(default=False, metadata=NEW_FIELD)
 
 
 # -- modules ----------------------------------------------------------------------------------------------
@@ -151,9 +164,11 @@ class Eagle3Layer(nn.Module):
         return apply_rotary(q.transpose(1, 2), cos, sin), apply_rotary(k.transpose(1, 2), cos, sin), v
 
     def finish(self, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
-        """Residual on the un-normalised input feature `h [B, T, H]`; `attn_out [B, n_h, T, d]`."""
+        """Residual on the input feature `h [B, T, H]` (un-normalised, A.5-3, unless
+        `norm_before_residual`); `attn_out [B, n_h, T, d]`."""
         b, _, t, _ = attn_out.shape
-        h1 = h + self.self_attn.o_proj(attn_out.transpose(1, 2).reshape(b, t, -1))
+        residual = self.hidden_norm(h) if self.cfg.norm_before_residual else h
+        h1 = residual + self.self_attn.o_proj(attn_out.transpose(1, 2).reshape(b, t, -1))
         return h1 + self.mlp(self.post_attention_layernorm(h1))
 
 
@@ -243,7 +258,7 @@ class Eagle3Drafter(Drafter):
         fields = dict(
             DecoderLayerShape.of_target(c), rope_theta=rope_theta(c) if qwen else 10000.0, vocab_size=target.vocab_size,
             draft_vocab_size=default_draft_vocab_size(target.vocab_size, target.device.type),
-            feature_layers=feature_layer_ids(c.num_hidden_layers), qk_norm=qwen)
+            feature_layers=feature_layer_ids(c.num_hidden_layers))
         unknown = set(options) - {f.name for f in dataclasses.fields(Eagle3Config)}
         if unknown:
             raise SpecbenchError(f"eagle3 drafter options: unknown {sorted(unknown)}")
@@ -524,14 +539,19 @@ class Eagle3Method(Method):
     needs_drafter = True
     default_depth = None  # tree depth: CPU_TREE or PAPER_TREE by device
     drafter_class = Eagle3Drafter
-    DECODE_OPTIONS = {"top_k": None, "total_tokens": None}  # explicit arguments; None: the device's tree
+    #: `tree=paper|deep|cpu` picks a preset (default: paper on GPU, cpu on CPU); `--depth`, `top_k`,
+    #: `total_tokens` override its fields
+    TREE_PRESETS = {"paper": PAPER_TREE, "deep": DEEP_TREE, "cpu": CPU_TREE}
+    DECODE_OPTIONS = {"top_k": None, "total_tokens": None, "tree": None}  # explicit arguments
     DRAFTER_OPTIONS = ("draft_vocab_size", "feature_layers", "ttt_steps", "decay", "head_from_target")
 
     def __init__(self, target, depth: int | None = None, drafter=None, top_k: int | None = None,
-                 total_tokens: int | None = None, **options):
+                 total_tokens: int | None = None, tree: str | None = None, **options):
         self.split_options(options)
-        self.defaults = "paper (GPU)" if target.device.type == "cuda" else "cpu"
-        tree = PAPER_TREE if target.device.type == "cuda" else CPU_TREE
+        if tree is not None and tree not in self.TREE_PRESETS:
+            raise SpecbenchError(f"eagle3 tree must be one of {', '.join(self.TREE_PRESETS)}, got {tree!r}")
+        self.defaults = tree or ("paper (GPU)" if target.device.type == "cuda" else "cpu")
+        tree = self.TREE_PRESETS[tree] if tree else PAPER_TREE if target.device.type == "cuda" else CPU_TREE
         depth = int(depth) if depth is not None else tree["tree_depth"]
         super().__init__(target, depth, **options)
         self.top_k = int(top_k) if top_k is not None else tree["top_k"]
@@ -561,20 +581,28 @@ class Eagle3Method(Method):
                  "--depth = tree depth = max drafted tokens per path (EAGLE's depth + 1)"]
         used = {k: t[k] for k in PAPER_TREE}
         if used != PAPER_TREE:
-            notes.append(f"tree {used} ({'CPU defaults' if used == CPU_TREE else 'user choice'}; paper: {PAPER_TREE})")
+            choice = ("CPU defaults" if used == CPU_TREE else "deep preset, EAGLE depth 8" if used == DEEP_TREE
+                      else "user choice")
+            notes.append(f"tree {used} ({choice}; paper: {PAPER_TREE})")
         if cfg.head_from_target:
             notes.append("lm_head / norm initialised from the target's LM head rows and final norm (spec: from scratch)")
         if cfg.draft_vocab_size != PAPER_TRAINING["draft_vocab_size"]:
             notes.append(f"draft vocabulary {cfg.draft_vocab_size} of {cfg.vocab_size} (paper: 32000 of 128k-152k)")
         if (cfg.ttt_steps, cfg.decay) != (PAPER_TRAINING["ttt_steps"], PAPER_TRAINING["decay"]):
             notes.append(f"TTT {cfg.ttt_steps} steps, decay {cfg.decay} (paper: 7, 0.8)")
-        if self.drafter.training_info:
+        if cfg.qk_norm:
+            notes.append("q/k norms in the draft attention (older specbench Qwen3 drafters; the reference has none)")
+        if cfg.norm_before_residual:
+            notes.append("residual = hidden_norm(feature) (speculators' norm_before_residual; A.1.3: the raw feature)")
+        if self.drafter.training_info.get("published"):
+            notes.append(f"published head ({self.drafter.training_info['published']['layout']} layout), as released")
+        elif self.drafter.training_info:
             notes.append("trained with the shared trainer and recipe (issue 5; the run's `drafter` block), not "
                          "the paper's data/budget")
         return {"name": self.name, "depth": self.depth, "options": self.options, "drafter": self.drafter_path,
                 "drafter_parameters": self.drafter.parameter_count(),
                 "tokens_per_target_forward": t["total_tokens"], "tree": t, "paper_tree": PAPER_TREE,
-                "cpu_tree": CPU_TREE, "feature_layers_output_ids": cfg.feature_layers,
+                "deep_tree": DEEP_TREE, "cpu_tree": CPU_TREE, "feature_layers_output_ids": cfg.feature_layers,
                 "feature_hf_hidden_state_indices": [i + 1 for i in cfg.feature_layers],
                 "draft_vocab_size": cfg.draft_vocab_size, "vocab_coverage": cfg.vocab_coverage,
                 "ttt_steps": cfg.ttt_steps, "decay": cfg.decay,

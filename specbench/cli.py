@@ -249,6 +249,24 @@ def import_spec_bench_cmd(answers, baseline, method, target, temperature, result
     print_summary(import_spec_bench(answers, baseline, method, target, results_dir, run_id, temperature))
 
 
+@cli.command(name="import-drafter")
+@click.argument("source", metavar="hub:ORG/NAME[@REV]|PATH")
+@click.option("--target", "-t", required=True, help="the target the drafter is for (checked against it)")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder for the specbench drafter")
+@click.option("--method", "-m", default=None, help="eagle3|dflash|flexdraft (default: detected from the layout)")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+@_friendly
+def import_drafter_cmd(source, target, out, method, device, dtype):
+    """Convert a published EAGLE-3, DFlash or FlexDraft checkpoint once into a specbench drafter folder
+    (with its source, revision and file hashes); `--drafter SOURCE` also converts on the fly."""
+    from specbench.published import import_drafter
+    from specbench.targets import load_target
+
+    path = import_drafter(source, load_target(target, device, dtype), out, method)
+    click.echo(f"drafter: {path}")
+
+
 # drafter training: `train` and `regen` live in specbench/training/commands.py
 from specbench.training.commands import regen_command, train_command  # noqa: E402
 

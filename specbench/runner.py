@@ -29,7 +29,7 @@ from specbench.suites import get_suite
 from specbench.suites.base import Example
 from specbench.targets import Target, load_target
 from specbench.timing import StepTimer
-from specbench.training.drafter import drafter_provenance
+from specbench.training.store import describe_drafter
 
 #: a T = 0 divergence is a near-tie when, in float32, the method's token is the target's second choice and
 #: the top-2 logits differ by less than this fraction of the top logit, for the dtype the run used: fp32
@@ -181,7 +181,7 @@ class Runner:
                          "prompt_ids": [e.id for e in self.examples], "sampling": dataclasses.asdict(self.sampling)},
             "target": self.target.describe(),
             "method": self.method.describe(),
-            "drafter": drafter_provenance(path) if (path := getattr(self.method, "drafter_path", None)) else None,
+            "drafter": describe_drafter(path) if (path := getattr(self.method, "drafter_path", None)) else None,
             "suite": {"name": self.suite.name, "description": self.suite.description, "source": self.data_source},
             "arms": {"method": self.config.method, "baseline": "ar"},
             "timing": {"interleaved": "method and AR alternate first/second per batch",

@@ -1,5 +1,6 @@
 """EAGLE-3 (issue 6): drafter layout, TTT training, dynamic tree, lossless decoding through the engine."""
 
+import dataclasses
 import math
 
 import pytest
@@ -79,15 +80,37 @@ def test_init_from_data_counts_assistant_tokens_only(tiny_llama):
 def test_config_follows_target_family(tiny_llama, tiny_qwen3):
     llama = Eagle3Drafter.default_config(tiny_llama)
     qwen = Eagle3Drafter.default_config(tiny_qwen3)
-    assert not llama.qk_norm and qwen.qk_norm
+    assert not llama.qk_norm and not qwen.qk_norm  # the reference layer is Llama attention for Qwen3 too
     assert llama.rope_theta == 10000.0  # A.5-6: not the target's
     assert qwen.head_dim == tiny_qwen3.config.head_dim
     assert llama.draft_vocab_size == tiny_llama.vocab_size // 4
     names = {n for n, _ in Eagle3Drafter(qwen).named_parameters()}
-    assert {"fc.weight", "midlayer.hidden_norm.weight", "midlayer.input_layernorm.weight",
-            "midlayer.self_attn.q_proj.weight", "midlayer.self_attn.k_norm.weight", "midlayer.mlp.gate_proj.weight",
-            "norm.weight", "lm_head.weight"} <= names
-    assert not any("embed" in n for n in names)  # the target's embedding is borrowed, never saved
+    assert names == {"fc.weight", "midlayer.hidden_norm.weight", "midlayer.input_layernorm.weight",
+                     "midlayer.self_attn.q_proj.weight", "midlayer.self_attn.k_proj.weight",
+                     "midlayer.self_attn.v_proj.weight", "midlayer.self_attn.o_proj.weight",
+                     "midlayer.post_attention_layernorm.weight", "midlayer.mlp.gate_proj.weight",
+                     "midlayer.mlp.up_proj.weight", "midlayer.mlp.down_proj.weight", "norm.weight", "lm_head.weight"}
+    # older specbench Qwen3 drafters were saved with q/k norms: the field still builds them
+    old = Eagle3Drafter(dataclasses.replace(qwen, qk_norm=True))
+    assert {"midlayer.self_attn.q_norm.weight", "midlayer.self_attn.k_norm.weight"} <= dict(old.named_parameters()).keys()
+
+
+def test_norm_before_residual_takes_the_normalised_feature_as_residual(tiny_llama):
+    """speculators' variant: the residual around attention is hidden_norm(h), not h."""
+    drafter = make_drafter(tiny_llama, norm_before_residual=True)
+    layer = drafter.midlayer
+    h, attn_out = torch.randn(2, 3, 64), torch.randn(2, 4, 3, 16)
+    o = layer.self_attn.o_proj(attn_out.transpose(1, 2).reshape(2, 3, -1))
+    h1 = layer.hidden_norm(h) + o
+    torch.testing.assert_close(layer.finish(h, attn_out), h1 + layer.mlp(layer.post_attention_layernorm(h1)))
+    layer.cfg.norm_before_residual = False
+    h1 = h + o
+    torch.testing.assert_close(layer.finish(h, attn_out), h1 + layer.mlp(layer.post_attention_layernorm(h1)))
+    # a field added after drafters were cached: at its default it leaves the store key (and the cache) as it was
+    from specbench.training.store import key_fields
+
+    assert "norm_before_residual" not in key_fields(Eagle3Drafter.default_config(tiny_llama))
+    assert key_fields(Eagle3Drafter.default_config(tiny_llama, norm_before_residual=True))["norm_before_residual"]
 
 
 # -- training-time test ----------------------------------------------------------------------------------
@@ -371,12 +394,20 @@ def test_save_load_registry_and_describe(tiny_qwen3, tmp_path):
     assert info["faithful"] is False and info["notes"]
     tree = build_method("eagle3", tiny_qwen3, depth=5, drafter=drafter, top_k=4, total_tokens=16).describe()["tree"]
     assert tree["mode"] == "tree" and tree["total_tokens"] == 16
+    deep = build_method("eagle3", tiny_qwen3, drafter=drafter, tree="deep").describe()
+    assert {k: deep["tree"][k] for k in ("top_k", "tree_depth", "eagle_depth", "total_tokens")} == {
+        "top_k": 10, "tree_depth": 9, "eagle_depth": 8, "total_tokens": 60}
+    assert any("deep preset, EAGLE depth 8" in n for n in deep["notes"])
+    paper = build_method("eagle3", tiny_qwen3, drafter=drafter, tree="paper", top_k=4).describe()["tree"]
+    assert (paper["top_k"], paper["tree_depth"], paper["total_tokens"]) == (4, 6, 60)  # a preset, one field overridden
     from specbench.errors import SpecbenchError
 
     with pytest.raises(SpecbenchError):
         build_method("eagle3", tiny_qwen3)
     with pytest.raises(SpecbenchError):
         build_method("eagle3", tiny_qwen3, drafter=drafter, topk=3)
+    with pytest.raises(SpecbenchError, match="tree must be one of paper, deep, cpu"):
+        build_method("eagle3", tiny_qwen3, drafter=drafter, tree="wide")
 
 
 def test_the_tree_draft_with_its_head_and_top_k_is_draft_time(tiny_llama):

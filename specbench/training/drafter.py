@@ -168,7 +168,7 @@ def drafter_provenance(directory: str | Path) -> dict | None:
             "steps": budget.get("steps"), "budget_minutes": budget.get("budget_minutes"),
             "train_seconds": budget.get("train_seconds", budget.get("train_seconds_last_session")),
             "device": env.get("device"), "eval_loss": final.get("loss"), "eval_acc": final.get("acc"),
-            "transfer": t.get("transfer")}
+            "transfer": t.get("transfer"), "published": t.get("published")}
 
 
 def read_drafter_config(directory: Path) -> dict:
