@@ -352,7 +352,7 @@ def sweep_command(axis_and_values: tuple[str, ...], config_path: str | None, opt
                   typed: set[str] = frozenset()) -> int:
     """The body of `specbench sweep`; returns the exit code (1 if any cell failed). `typed`: options
     given on the command line, which override the file's scalars (`--drafter DIR` over `drafter: auto`)."""
-    from specbench.cli import config_from_options
+    from specbench.options import config_from_options
     from specbench.executors import make_executor
 
     base = config_from_options(options)
