@@ -41,7 +41,7 @@ from specbench.engine import TreeBatch, TreeSpeculativeDecoder
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
 from specbench.layers import DecoderLayerShape, RMSNorm, apply_rotary, rope_theta, rotary
-from specbench.methods.base import Method
+from specbench.methods.base import Method, integer
 from specbench.training.drafter import Drafter
 from specbench.training.features import capture_layers
 
@@ -518,19 +518,20 @@ class Eagle3Method(Method):
     default_depth = None  # tree depth: CPU_TREE or PAPER_TREE by device
     drafter_class = Eagle3Drafter
     DECODE_OPTIONS = {"top_k": None, "total_tokens": None}  # explicit arguments; None: the device's tree
+    OPTION_KINDS = {"top_k": integer(1), "total_tokens": integer(2)}
     DRAFTER_OPTIONS = ("draft_vocab_size", "feature_layers", "ttt_steps", "decay", "head_from_target")
 
     def __init__(self, target, depth: int | None = None, drafter=None, top_k: int | None = None,
                  total_tokens: int | None = None, **options):
-        self.split_options(options)
+        opts = self.split_options({"top_k": top_k, "total_tokens": total_tokens, **options})
         self.defaults = "paper (GPU)" if target.device.type == "cuda" else "cpu"
         tree = PAPER_TREE if target.device.type == "cuda" else CPU_TREE
         depth = int(depth) if depth is not None else tree["tree_depth"]
         super().__init__(target, depth, **options)
-        self.top_k = int(top_k) if top_k is not None else tree["top_k"]
-        self.total_tokens = int(total_tokens) if total_tokens is not None else tree["total_tokens"]
-        if self.depth < 1 or self.top_k < 1 or self.total_tokens < 2:
-            raise SpecbenchError("eagle3 needs --depth >= 1, top_k >= 1 and total_tokens >= 2")
+        self.top_k = opts["top_k"] if opts["top_k"] is not None else tree["top_k"]
+        self.total_tokens = opts["total_tokens"] if opts["total_tokens"] is not None else tree["total_tokens"]
+        if self.depth < 1:
+            raise SpecbenchError(f"eagle3 needs --depth >= 1, got {self.depth}")
         self.attach_drafter(drafter)
 
     @property

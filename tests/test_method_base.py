@@ -59,5 +59,5 @@ def test_switches_read_one_way_and_refuse_other_words():
         option_bool("maybe", "sampler")
     target = lossless.load_tiny("tiny-random-llama")
     for method, switch in (("flexdraft", "calibration"), ("mtp", "sampler")):
-        with pytest.raises(SpecbenchError, match=f"{switch} must be true or false"):
+        with pytest.raises(SpecbenchError, match=f"{method} option {switch} takes true or false, got 'nope'"):
             build_method(method, target, drafter=fresh_drafter(method, target), **{switch: "nope"})
