@@ -99,11 +99,15 @@ def bench(target, batch_sizes, n_prompts, max_new_tokens, repeats, suite, out):
 @click.option("--address", default=None, help="Ray cluster address (default: start a local instance)")
 @click.option("--cpus-per-cell", type=int, default=1, show_default=True, help="CPUs a Ray task reserves (CPU cells)")
 @click.option("--sweep-id", default=None, help="name of the sweep state file (default: hash of the grid)")
-@click.option("--dry-run", is_flag=True, help="list the cells and exit")
+@click.option("--dry-run", is_flag=True, help="list the cells, estimate the time and exit")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="end by writing the report, reports/SWEEP_ID.html beside the results folder")
 @_friendly
-def sweep(axis_and_values, config_path, executor, address, cpus_per_cell, sweep_id, dry_run, **o):
+def sweep(axis_and_values, config_path, executor, address, cpus_per_cell, sweep_id, dry_run, report, **o):
     """Run a grid of cells: AXIS (batch-size|temperature|depth|suite|method|seed|target) over VALUES.
 
+    An axis without values sweeps its default values over every method (ar, pld, eagle3, flexdraft, dflash,
+    bita, mtp; unless --method is typed), training missing drafters once first (--drafter auto).
     Complete cells are skipped, partial ones resume; a failing cell is recorded and the sweep goes on
     (exit code 1 if any failed). Options set every other field of the cells; an option typed on the
     command line wins over the same field in --config's file.
@@ -113,7 +117,7 @@ def sweep(axis_and_values, config_path, executor, address, cpus_per_cell, sweep_
     ctx = click.get_current_context()
     typed = {k for k in o if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     sys.exit(sweep_command(axis_and_values, config_path, o, executor, address, cpus_per_cell, sweep_id, dry_run,
-                           typed))
+                           typed, report))
 
 
 @cli.command()
@@ -121,12 +125,17 @@ def sweep(axis_and_values, config_path, executor, address, cpus_per_cell, sweep_
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--out", default="reports/report.html", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--sweep", "sweep_ids", multiple=True, metavar="SWEEP_ID", help="the cells of this sweep (repeatable)")
+@click.option("--all", "all_runs", is_flag=True, help="every stored run (the default when there is no sweep)")
 @click.option("--title", default=None, help="page title")
 @_friendly
-def report(run_dirs, results_dir, out, sweep_ids, title):
-    """One self-contained HTML page (plus CSV and Markdown tables) from stored runs (default: all of them)."""
-    from specbench.report import build_report
+def report(run_dirs, results_dir, out, sweep_ids, all_runs, title):
+    """One self-contained HTML page (plus CSV and Markdown tables) from stored runs; with no arguments the
+    most recent sweep's cells, or every run when there is no sweep."""
+    from specbench.report import build_report, latest_sweep
 
+    if not (run_dirs or sweep_ids or all_runs) and (latest := latest_sweep(results_dir)):
+        sweep_ids = (latest,)
+        click.echo(f"report of sweep {latest}, the most recent (--all: every run; --sweep ID: another sweep)")
     files = build_report(run_dirs, results_dir=results_dir, out=out, sweep_ids=sweep_ids, title=title)
     click.echo(f"report: {files.html}  (tables: {files.markdown}, {files.csv_dir}/)")
 

@@ -81,9 +81,7 @@ def resolve_drafter(method: str, target, spec: str | None, train: bool = True, o
 
 
 def _auto(cls, method, target, train, options, recipe, progress, log, defaulted: bool = False) -> str:
-    from specbench.training.data import parse_data_spec
     from specbench.training.pipeline import train_drafter
-    from specbench.training.regen import RegenSettings, missing_prompts
 
     path = store_path(target, cls, options, recipe)
     how = "--drafter auto" + (" (the default; --drafter PATH picks another)" if defaulted else "")
@@ -95,15 +93,31 @@ def _auto(cls, method, target, train, options, recipe, progress, log, defaulted:
         raise SpecbenchError(f"no cached {what} in {path.parent}; train one with `specbench train --method {method} "
                              f"--target {target.name}` or drop --no-train")
     resumed = (path / "checkpoint").exists() or (path / "checkpoint.old").exists()
-    expected = (f"about {recipe.budget_minutes + OVERHEAD_MINUTES:.0f} minutes on this machine (the budget is "
-                f"wall time here)" if recipe.budget_minutes else f"{recipe.steps} steps")
-    missing = missing_prompts(target, parse_data_spec(recipe.data), RegenSettings(recipe.max_new_tokens))
-    if missing:
-        expected += f", after generating {missing} responses of up to {recipe.max_new_tokens} tokens"
     log(f"{method}: no stored {what}; {'resuming' if resumed else 'training'} one once with the standard recipe "
-        f"({recipe.describe()}) into {path}: expected {expected}. {how}; --no-train fails instead.")
+        f"({recipe.describe()}) into {path}: expected {expected_training(target, recipe)[1]}. {how}; "
+        "--no-train fails instead.")
     return str(train_drafter(cls, target, path, recipe, options=config_options(cls, options), progress=progress,
                              log=log))
+
+
+def expected_training(target, recipe: TrainingRecipe = STANDARD_CPU) -> tuple[float | None, str]:
+    """(minutes or None, words) an automatic training run takes on this machine: the budget is wall time
+    here, plus data preparation and the final eval; responses still to generate are named, not timed."""
+    from specbench.training.data import parse_data_spec
+    from specbench.training.regen import RegenSettings, missing_prompts
+
+    minutes = recipe.budget_minutes + OVERHEAD_MINUTES if recipe.budget_minutes else None
+    words = f"about {minutes:.0f} minutes on this machine" if minutes else f"{recipe.steps} steps"
+    missing = missing_prompts(target, parse_data_spec(recipe.data), RegenSettings(recipe.max_new_tokens))
+    if missing:
+        words += f", after generating {missing} responses of up to {recipe.max_new_tokens} tokens"
+    return minutes, words
+
+
+def missing_drafter(method: str, target, options: dict | None = None, recipe: TrainingRecipe = STANDARD_CPU) -> bool:
+    """Whether `--drafter auto` would have to train this method's drafter first (sweep estimates)."""
+    with default_chat(target):
+        return not (store_path(target, drafter_class(method), options, recipe) / "config.json").exists()
 
 
 @contextmanager
