@@ -70,22 +70,21 @@ def _number(value) -> float:
     return out
 
 
-def integer(minimum: int | None = None) -> OptionKind:
+def _at_least(accepts: str, convert, minimum) -> OptionKind:
     def parse(value):
-        out = _integer(value)
+        out = convert(value)
         if minimum is not None and out < minimum:
             raise ValueError(value)
         return out
-    return OptionKind("an integer" + (f" >= {minimum}" if minimum is not None else ""), parse)
+    return OptionKind(accepts + (f" >= {minimum:g}" if minimum is not None else ""), parse)
+
+
+def integer(minimum: int | None = None) -> OptionKind:
+    return _at_least("an integer", _integer, minimum)
 
 
 def number(minimum: float | None = None) -> OptionKind:
-    def parse(value):
-        out = _number(value)
-        if minimum is not None and out < minimum:
-            raise ValueError(value)
-        return out
-    return OptionKind("a number" + (f" >= {minimum:g}" if minimum is not None else ""), parse)
+    return _at_least("a number", _number, minimum)
 
 
 def one_of(*choices: str) -> OptionKind:
