@@ -26,16 +26,15 @@ class Estimate:
     rough: int = 0  # cells timed at the rough cost
     complete: int = 0  # cells already complete
     trainings: dict = field(default_factory=dict)  # method -> minutes (None: a step count, not timed)
-    device_type: str = "cpu"
+    rough_cost: str = ""  # the rough costs used, in words
 
     @property
     def seconds(self) -> float:
         return self.decode_s + 60 * sum(m or 0 for m in self.trainings.values())
 
     def line(self) -> str:
-        per, power = ROUGH_SECONDS_PER_TOKEN[self.device_type]
         parts = [f"decoding {duration(self.decode_s)} (at most; {self.measured} cells from stored runs' tokens/s, "
-                 f"{self.rough} at a rough {1000 * per:.0f} ms per token at batch 1 x b^{power:g}"
+                 f"{self.rough} at {self.rough_cost or 'a rough cost'}"
                  + (f", {self.complete} complete" if self.complete else "") + ")"]
         if self.trainings:
             parts.append(f"training {len(self.trainings)} missing drafters first "
@@ -67,7 +66,12 @@ def measured_speeds(results_dir: str | Path) -> dict:
     return speeds
 
 
-def estimate_sweep(cells, results_dir: str | Path, device_type: str) -> Estimate:
+def rough_cost(device_type: str) -> str:
+    per, power = ROUGH_SECONDS_PER_TOKEN[device_type]
+    return f"a rough {1000 * per:.0f} ms per token at batch 1 x b^{power:g} ({device_type})"
+
+
+def estimate_sweep(cells, results_dir: str | Path) -> Estimate:
     """The `Estimate` of running `cells` now. Drafter methods without an explicit `--drafter` load their
     target (one at a time; the grid puts targets outermost) to look their drafter up in the store."""
     from specbench.executors import cell_is_complete
@@ -75,10 +79,10 @@ def estimate_sweep(cells, results_dir: str | Path, device_type: str) -> Estimate
     from specbench.results import RunDir
     from specbench.runner import device_size
     from specbench.suites import get_suite
-    from specbench.targets import load_target
+    from specbench.targets import load_target, resolve_device
     from specbench.training.store import expected_training, missing_drafter
 
-    out = Estimate(device_type=device_type)
+    out = Estimate()
     speeds = measured_speeds(results_dir)
     suites: dict = {}
     targets: dict = {}
@@ -95,6 +99,7 @@ def estimate_sweep(cells, results_dir: str | Path, device_type: str) -> Estimate
                 examples = suite.select_categories(examples, c.categories)
             suites[key] = (suite, len(examples), sum(len(e.turns) for e in examples) / max(len(examples), 1))
         suite, total, turns = suites[key]
+        device_type = resolve_device(c.device).type
         limit, max_new, _ = device_size(c, suite, total, device_type)
         tokens = min(limit or total, total) * turns * max_new
         speed = speeds.get((c.target, c.method, c.batch_size, device_type))
@@ -102,6 +107,7 @@ def estimate_sweep(cells, results_dir: str | Path, device_type: str) -> Estimate
             per, power = ROUGH_SECONDS_PER_TOKEN[device_type]
             speed = (per * c.batch_size ** power,) * 2
             out.rough += 1
+            out.rough_cost = rough_cost(device_type)
         else:
             out.measured += 1
         out.decode_s += tokens * sum(speed)

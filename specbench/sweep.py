@@ -403,7 +403,6 @@ def sweep_command(axis_and_values: tuple[str, ...], config_path: str | None, opt
     from specbench.targets import resolve_device
 
     base = config_from_options(options)
-    device_type = resolve_device(base.device).type
     if config_path and axis_and_values:
         raise SpecbenchError("give either an axis with values or --config FILE, not both")
     defaults = None
@@ -411,7 +410,7 @@ def sweep_command(axis_and_values: tuple[str, ...], config_path: str | None, opt
         grid, scalars = yaml_grid(config_path)
         base = dataclasses.replace(base, **{k: v for k, v in scalars.items() if k not in typed})
     elif len(axis_and_values) == 1:
-        grid, base, defaults = default_grid(axis_and_values[0], base, typed, device_type)
+        grid, base, defaults = default_grid(axis_and_values[0], base, typed, resolve_device(base.device).type)
     elif axis_and_values:
         grid = axis_grid(axis_and_values[0], list(axis_and_values[1:]))
     else:
@@ -428,7 +427,7 @@ def sweep_command(axis_and_values: tuple[str, ...], config_path: str | None, opt
 
         for cell in cells:
             click.echo(f"  {cell.run_id}")
-        click.echo(estimate_sweep(cells, options["results_dir"], device_type).line())
+        click.echo(estimate_sweep(cells, options["results_dir"]).line())
         return 0
     try:
         state = run_sweep(cells, options["results_dir"], executor, sweep_id, grid)

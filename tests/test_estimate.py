@@ -14,13 +14,13 @@ def test_cells_are_timed_from_stored_runs_else_at_the_rough_cost(tmp_path, tiny_
     stored = Runner(base, ResultStore(tmp_path), progress=False, target=tiny_llama).run(run_id=done.run_id)
     stored = stored.read_summary()
     cells = grid_cells(base, {"batch_size": [1, 2], "seed": [7]})  # b1: measured; b2: no stored run
-    est = estimate_sweep([done, *cells], tmp_path, "cpu")
+    est = estimate_sweep([done, *cells], tmp_path)
     measured = 2 * 3 * (1 / stored["tokens_per_s"] + 1 / stored["baseline_tokens_per_s"])
     per, power = ROUGH_SECONDS_PER_TOKEN["cpu"]
     assert (est.measured, est.rough, est.complete) == (1, 1, 1) and not est.trainings
     assert est.decode_s == pytest.approx(measured + 2 * 3 * 2 * per * 2 ** power)
     assert est.line().startswith(f"estimate: about {duration(est.seconds)}: decoding ")
-    assert "1 cells from stored runs' tokens/s, 1 at a rough 62 ms per token at batch 1 x b^-0.5, 1 complete" in est.line()
+    assert "1 cells from stored runs' tokens/s, 1 at a rough 62 ms per token at batch 1 x b^-0.5 (cpu), 1 complete" in est.line()
 
 
 def test_durations_read_in_minutes_and_hours():

@@ -147,7 +147,7 @@ def test_dry_run_of_a_default_sweep_shows_the_grid_and_an_estimate(tmp_path, mon
     assert lines[0].endswith(": 28 cells, executor local, results in " + str(tmp_path / "r"))
     assert lines[1].startswith("default sweep: batch-size 1 2 4 8 ")
     assert "mtp-gsm8k-tiny-random-llama-t0-b8-s0-" in result.output
-    assert lines[-1].startswith("estimate: about ") and "28 at a rough 62 ms per token" in lines[-1]
+    assert lines[-1].startswith("estimate: about ") and "28 at a rough 62 ms per token at batch 1 x b^-0.5 (cpu)" in lines[-1]
     assert "training 5 missing drafters first (eagle3, flexdraft, dflash, bita, mtp: 2 h 15 min)" in lines[-1]
     assert not (tmp_path / "r").exists()
 
