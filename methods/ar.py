@@ -49,5 +49,11 @@ class AutoregressiveMethod(Method):
     name = "ar"
     description = "autoregressive baseline through the shared decode loop (tau = 1 by construction)"
 
+    def __init__(self, target, depth: int | None = None, drafter=None, **options):
+        """AR takes no options: a `-o` meant for another method is refused, not silently measured as AR.
+        `drafter` is accepted and ignored, `depth` only recorded (a sweep's AR cells share its axes)."""
+        self.split_options(options)
+        super().__init__(target, depth)
+
     def make_decoder(self, sampling, generator):
         return AutoregressiveDecoder(self.target, sampling, generator)

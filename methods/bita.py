@@ -36,6 +36,16 @@ Reconstructed, not in the release (also listed by `BiTAMethod.describe()["notes"
   spec); the prefix starts at N(0, 1) like P-Tuning v2's `nn.Embedding` table;
 * training data and budget are the harness's standard recipe (same for every method), not BiTA's
   assembled prompt set and one 4x-resampled epoch at batch 128.
+
+Layout default by device (`CPU_LAYOUT`; issue 23). On CUDA the release's tree. On a CPU the pass cost
+grows with its rows, and the tree (52 rows at M = 3) measured τ 2.43 / 0.43x on smollm2-135m (README
+"Measured on smollm2-135m", 2026-11-26: H200-trained drafter, GSM8K, T = 0, batch 1, 10 prompts x 128
+tokens on 2 CPU cores), the slowest trained method there. The chain (16 rows at M = 3) is **not measured
+yet**; it is the CPU default by this estimate from the same table: a step's cost over an AR step
+(τ / speedup) was 2.39 at 9 rows and 3.97 at 25 (MTP linear / quadratic, depth 4) and 5.65 at 52 (this
+tree), so a 16-row step costs about 3.1 AR steps and the chain beats the tree from τ >= 1.33 (the tree
+accepts 1.43 drafts per step; EAGLE-3's chain kept 57 % of its tree's accepted drafts on the same
+machine, which puts the chain near τ 1.8, ~0.6x). `benchmarks/cpu_defaults.yaml` measures both.
 """
 
 from __future__ import annotations
@@ -52,7 +62,7 @@ from specbench.engine.tree import TreeBatch
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache, slot_visibility
 from specbench.layers import attention_shape, clean_cache, joint_layer, mask_row_attention
-from specbench.methods.base import Method
+from specbench.methods.base import Method, integer, one_of
 from specbench.training.drafter import Drafter
 
 #: the release's operating point (A.3, A.5.4, A.6.2)
@@ -60,6 +70,13 @@ PAPER_DEFAULTS = {"num_prompts": 16, "num_masks": "3 (7B/13B) or 4 (>=33B)", "tr
                   "max_groups": 64, "prefix_dropout": 0.1, "lr": 3e-2, "schedule": "cosine, no warm-up",
                   "batch": 128}
 LAYOUTS = ("tree", "chain")
+#: CPU layout default: fewer rows per pass (module docstring: estimated from the measured costs)
+CPU_LAYOUT = "chain"
+
+
+def device_layout(device_type: str) -> str:
+    """The layout when `-o tree=` is not given: the release's tree on CUDA, `CPU_LAYOUT` on a CPU."""
+    return PAPER_DEFAULTS["tree"] if device_type == "cuda" else CPU_LAYOUT
 #: the config fields a user chooses (the rest is the target's shape)
 DRAFTER_FIELDS = ("num_masks", "num_prompts", "prefix_heads", "prefix_dropout", "max_groups")
 
@@ -388,16 +405,14 @@ class BiTAMethod(Method):
     needs_drafter = True
     default_depth = None
     drafter_class = BiTADrafter
-    DECODE_OPTIONS = {"tree": "tree", "top_k": 5}
+    DECODE_OPTIONS = {"tree": None, "top_k": 5}  # tree None: the release's tree on CUDA, CPU_LAYOUT on a CPU
+    OPTION_KINDS = {"tree": one_of(*LAYOUTS), "top_k": integer(1)}
     DRAFTER_OPTIONS = DRAFTER_FIELDS
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
         opts = self.split_options(options)
-        if opts["tree"] not in LAYOUTS:
-            raise SpecbenchError(f"bita tree must be one of {', '.join(LAYOUTS)}, got {opts['tree']!r}")
-        opts["top_k"] = int(opts["top_k"])
-        if opts["top_k"] < 1:
-            raise SpecbenchError("bita top_k must be >= 1")
+        self.cpu_default = opts["tree"] is None and target.device.type != "cuda"  # describe
+        opts["tree"] = opts["tree"] or device_layout(target.device.type)
         super().__init__(target, depth=depth, **options)
         self.opts = opts
         self.attach_drafter(drafter)
@@ -436,6 +451,8 @@ class BiTAMethod(Method):
             notes.append("prompt K/V per KV head (A.3.1 option b), fewer parameters than the release")
         if m != cfg.num_masks:
             notes.append(f"decoding with the first {m} of {cfg.num_masks} trained mask slots")
+        if self.cpu_default:
+            notes.append(f"CPU default layout {CPU_LAYOUT} (fewer rows per pass; GPU: the release's tree)")
         return {
             "name": self.name, "depth": m, "options": dict(self.opts), "drafter": self.drafter_path,
             "drafter_parameters": counts["total"],

@@ -48,7 +48,7 @@ from specbench.engine import TreeBatch, TreeSpeculativeDecoder
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
 from specbench.layers import DecoderLayerShape, RMSNorm, apply_rotary, rope_theta, rotary
-from specbench.methods.base import Method
+from specbench.methods.base import Method, integer, one_of
 from specbench.training.drafter import Drafter
 from specbench.training.features import capture_layers
 from specbench.training.store import NEW_FIELD
@@ -542,22 +542,22 @@ class Eagle3Method(Method):
     #: `tree=paper|deep|cpu` picks a preset (default: paper on GPU, cpu on CPU); `--depth`, `top_k`,
     #: `total_tokens` override its fields
     TREE_PRESETS = {"paper": PAPER_TREE, "deep": DEEP_TREE, "cpu": CPU_TREE}
-    DECODE_OPTIONS = {"top_k": None, "total_tokens": None, "tree": None}  # explicit arguments
+    DECODE_OPTIONS = {"top_k": None, "total_tokens": None, "tree": None}  # explicit arguments; None: the device's
+    OPTION_KINDS = {"top_k": integer(1), "total_tokens": integer(2), "tree": one_of(*TREE_PRESETS)}
     DRAFTER_OPTIONS = ("draft_vocab_size", "feature_layers", "ttt_steps", "decay", "head_from_target")
 
     def __init__(self, target, depth: int | None = None, drafter=None, top_k: int | None = None,
                  total_tokens: int | None = None, tree: str | None = None, **options):
-        self.split_options(options)
-        if tree is not None and tree not in self.TREE_PRESETS:
-            raise SpecbenchError(f"eagle3 tree must be one of {', '.join(self.TREE_PRESETS)}, got {tree!r}")
-        self.defaults = tree or ("paper (GPU)" if target.device.type == "cuda" else "cpu")
-        tree = self.TREE_PRESETS[tree] if tree else PAPER_TREE if target.device.type == "cuda" else CPU_TREE
+        opts = self.split_options({"top_k": top_k, "total_tokens": total_tokens, "tree": tree, **options})
+        self.defaults = opts["tree"] or ("paper (GPU)" if target.device.type == "cuda" else "cpu")
+        tree = (self.TREE_PRESETS[opts["tree"]] if opts["tree"] else PAPER_TREE if target.device.type == "cuda"
+                else CPU_TREE)
         depth = int(depth) if depth is not None else tree["tree_depth"]
         super().__init__(target, depth, **options)
-        self.top_k = int(top_k) if top_k is not None else tree["top_k"]
-        self.total_tokens = int(total_tokens) if total_tokens is not None else tree["total_tokens"]
-        if self.depth < 1 or self.top_k < 1 or self.total_tokens < 2:
-            raise SpecbenchError("eagle3 needs --depth >= 1, top_k >= 1 and total_tokens >= 2")
+        self.top_k = opts["top_k"] if opts["top_k"] is not None else tree["top_k"]
+        self.total_tokens = opts["total_tokens"] if opts["total_tokens"] is not None else tree["total_tokens"]
+        if self.depth < 1:
+            raise SpecbenchError(f"eagle3 needs --depth >= 1, got {self.depth}")
         self.attach_drafter(drafter)
 
     @property

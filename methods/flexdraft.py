@@ -41,7 +41,7 @@ from specbench.engine.acceptance import accept_speculative
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import slot_visibility
 from specbench.layers import RMSNorm, attention_shape, clean_cache, joint_layer, mask_row_attention
-from specbench.methods.base import Method, option_bool
+from specbench.methods.base import SWITCH, Method, integer, number, one_of, option_bool
 from specbench.sampling import logits_to_probs, sample
 from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
@@ -583,6 +583,14 @@ class FlexDraftDecoder(SpeculativeDecoder):
 
 # -- the method ------------------------------------------------------------------------------------------
 
+def _spell_out(options: dict) -> dict:
+    """`no_calibration=true` (the paper's `--no-calibration` ablation) is `calibration=false`."""
+    options = dict(options)
+    if option_bool(options.pop("no_calibration", False), "no_calibration"):
+        options["calibration"] = False
+    return options
+
+
 class FlexDraftMethod(Method):
     """Decode options (`-o KEY=VALUE`): `mode` flex|parallel|sequential, `calibration` (false = the
     `--no-calibration` ablation), `threshold` (selective verification; 0 = verify all), `batch_threshold`
@@ -597,6 +605,8 @@ class FlexDraftMethod(Method):
     drafter_class = FlexDraftDrafter
     DECODE_OPTIONS = {"mode": "flex", "calibration": True, "threshold": 0.01, "batch_threshold": None,
                       "draft_sampling": "greedy"}
+    OPTION_KINDS = {"mode": one_of(*MODES), "calibration": SWITCH, "threshold": number(0),
+                    "batch_threshold": integer(0), "draft_sampling": one_of("greedy", "sample")}
     #: flex switch (E.9): the paper drafts inside the verify pass while a small batch leaves a GPU idle
     #: (batch <= 2); 2 CPU cores have no idle compute at any batch, and the fused pass lost at batch 1
     #: (gsm8k b1: parallel 0.36x, sequential 0.39x, CIs apart; `.notes/flexdraft.md`), so CPU flex is
@@ -606,17 +616,10 @@ class FlexDraftMethod(Method):
                        "num_anchors")
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
-        if option_bool(options.pop("no_calibration", False), "no_calibration"):
-            options["calibration"] = False
+        options = _spell_out(options)
         opts = self.split_options(options)
-        opts["calibration"] = option_bool(opts["calibration"], "calibration")
         if opts["batch_threshold"] is None:
             opts["batch_threshold"] = self.BATCH_THRESHOLD.get(target.device.type, 2)
-        opts["threshold"], opts["batch_threshold"] = float(opts["threshold"]), int(opts["batch_threshold"])
-        if opts["mode"] not in MODES:
-            raise SpecbenchError(f"flexdraft mode must be one of {', '.join(MODES)}, got {opts['mode']!r}")
-        if opts["draft_sampling"] not in ("greedy", "sample"):
-            raise SpecbenchError("flexdraft draft_sampling must be 'greedy' or 'sample'")
         super().__init__(target, depth=depth, **options)
         self.opts = opts
         self.attach_drafter(drafter)
@@ -627,6 +630,10 @@ class FlexDraftMethod(Method):
             self.depth = cfg.block_size
         if self.depth < 2:
             raise SpecbenchError(f"flexdraft needs --depth >= 2 (block slots), got {self.depth}")
+
+    @classmethod
+    def split_options(cls, options: dict) -> dict:
+        return super().split_options(_spell_out(options))
 
     def make_decoder(self, sampling, generator):
         o = self.opts

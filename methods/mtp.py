@@ -41,6 +41,14 @@ mask embeddings initialised at the mean input embedding plus noise; LoRA `alpha`
 B zero: training starts from the base model); self-distilled targets (the shared trainer's data);
 causal masks within a block; linear decoding's stall step; the prompt's mask block run after the
 engine's prefill instead of a first `[x_0, m_1..m_k]` draft step; CPU-sized defaults (rank 8, anchors).
+
+Decoding defaults by device (`CPU_DEFAULTS`; issue 23). On CUDA the paper's operating point: all `k`
+trained masks, quadratic. On a CPU every extra row costs time, and the measured best on smollm2-135m is
+**linear decoding at depth 4** (README "Measured on smollm2-135m", 2026-11-26: drafters trained on an
+H200, then T = 0, batch 1, 10 prompts x 128 tokens on 2 CPU cores, decode speedup vs the interleaved AR
+arm): GSM8K quadratic depth 4 τ 2.54 / 0.64x, linear depth 4 τ 1.89 / 0.79x (HumanEval 0.45x vs 0.60x,
+MT-Bench 0.41x vs 0.57x); quadratic at k = 8 (81 rows per pass) 0.06x. Depths 2 and 3 are not measured
+yet: `benchmarks/cpu_defaults.yaml` re-measures depth 2/3/4 x quadratic/linear.
 """
 
 from __future__ import annotations
@@ -60,7 +68,7 @@ from specbench.engine.acceptance import accept_speculative
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache, additive_mask
 from specbench.layers import RMSNorm
-from specbench.methods.base import Method, option_bool
+from specbench.methods.base import SWITCH, Method, one_of
 from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
 from specbench.training.head_loss import chunked_head_terms
@@ -68,6 +76,16 @@ from specbench.training.head_loss import chunked_head_terms
 #: the paper's main setup (B.1, B.4 [2nd]); specbench's defaults are sized for the CPU budget
 PAPER_DEFAULTS = {"num_masks": 8, "rank": 128, "lr": 2e-4, "steps": 50_000, "decoding": "quadratic"}
 DECODINGS = ("quadratic", "linear")
+#: CPU decoding defaults: the best measured configuration on smollm2-135m (module docstring)
+CPU_DEFAULTS = {"depth": 4, "decoding": "linear"}
+
+
+def device_defaults(device_type: str, num_masks: int) -> dict:
+    """Depth and decoding when none is given: the paper's (every trained mask, quadratic) on CUDA,
+    `CPU_DEFAULTS` capped at the trained `k` on a CPU."""
+    if device_type == "cuda":
+        return {"depth": num_masks, "decoding": PAPER_DEFAULTS["decoding"]}
+    return {"depth": min(CPU_DEFAULTS["depth"], num_masks), "decoding": CPU_DEFAULTS["decoding"]}
 #: mask rows per LM-head chunk in training (bounds the `[rows, V]` logits held at once)
 HEAD_CHUNK = 2048
 
@@ -477,21 +495,21 @@ class MTPMethod(Method):
     needs_drafter = True
     default_depth = None  # the drafter's num_masks
     drafter_class = MTPDrafter
-    DECODE_OPTIONS = {"decoding": "quadratic", "sampler": True}
+    DECODE_OPTIONS = {"decoding": None, "sampler": True}  # decoding None: quadratic on CUDA, CPU_DEFAULTS
+    OPTION_KINDS = {"decoding": one_of(*DECODINGS), "sampler": SWITCH}
     DRAFTER_OPTIONS = ("num_masks", "rank", "lora_alpha", "base_weight", "sampler_weight", "lcm_weight",
                        "num_anchors")
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
-        opts = self.split_options(options)
-        opts["sampler"] = option_bool(opts["sampler"], "sampler")  # -o sampler=false: the ablation
-        if opts["decoding"] not in DECODINGS:
-            raise SpecbenchError(f"mtp decoding must be one of {', '.join(DECODINGS)}, got {opts['decoding']!r}")
+        opts = self.split_options(options)  # -o sampler=false: the ablation
         super().__init__(target, depth=depth, **options)
         self.opts = opts
         self.attach_drafter(drafter)
         cfg = self.drafter.cfg
-        if self.depth is None:
-            self.depth = cfg.num_masks
+        defaults = device_defaults(target.device.type, cfg.num_masks)
+        self.defaulted = {k: v for k, v in defaults.items() if (self.depth if k == "depth" else opts[k]) is None}
+        self.depth = self.depth if self.depth is not None else defaults["depth"]
+        opts["decoding"] = opts["decoding"] or defaults["decoding"]
         if not 1 <= self.depth <= cfg.num_masks:
             raise SpecbenchError(f"mtp --depth is the number of masks: 1..{cfg.num_masks} for this drafter, "
                                  f"got {self.depth}")
@@ -529,6 +547,9 @@ class MTPMethod(Method):
             notes.append("sampler head switched off at inference (ablation): LM-head argmax per mask state")
         if k != cfg.num_masks:
             notes.append(f"inference uses the first {k} of {cfg.num_masks} trained masks")
+        if self.defaulted and self.target.device.type != "cuda":
+            notes.append(f"CPU defaults {self.defaulted} (the measured best on smollm2-135m; GPU: all trained "
+                         "masks, quadratic)")
         return {
             "name": self.name, "depth": k, "options": dict(o),
             "drafter": self.drafter_path, "drafter_parameters": counts["total"],

@@ -16,7 +16,7 @@ import torch
 
 from specbench.engine import ChainSpeculativeDecoder, Proposal
 from specbench.errors import SpecbenchError
-from specbench.methods.base import Method
+from specbench.methods.base import Method, integer, one_of
 
 
 def prompt_lookup(ids: torch.Tensor, lengths: torch.Tensor, depth: int, max_ngram: int = 3, min_ngram: int = 1,
@@ -70,19 +70,22 @@ class PromptLookupMethod(Method):
     name = "pld"
     description = "prompt-lookup (n-gram) decoding, training-free; chain verification (HF / Spec-Bench PLD)"
     default_depth = 7
+    DECODE_OPTIONS = {"max_ngram": 3, "min_ngram": 1, "match": "first"}
+    OPTION_KINDS = {"max_ngram": integer(1), "min_ngram": integer(1), "match": one_of("first", "last")}
 
     def __init__(self, target, depth: int | None = None, **options):
         options = {k: v for k, v in options.items() if not (k == "drafter" and v is None)}
-        unknown = set(options) - {"max_ngram", "min_ngram", "match"}
-        if unknown:
-            raise SpecbenchError(f"pld takes options max_ngram, min_ngram, match; got {sorted(unknown)}")
+        self.opts = self.split_options(options)
+        if self.opts["min_ngram"] > self.opts["max_ngram"]:
+            raise SpecbenchError(f"pld option min_ngram must be <= max_ngram ({self.opts['max_ngram']}), "
+                                 f"got {self.opts['min_ngram']}")
         super().__init__(target, depth, **options)
 
     def make_decoder(self, sampling, generator):
-        return PromptLookupDecoder(self.target, sampling, generator, self.depth, **self.options)
+        return PromptLookupDecoder(self.target, sampling, generator, self.depth, **self.opts)
 
     def describe(self) -> dict:
         out = super().describe()
-        out["options"] = {"max_ngram": 3, "min_ngram": 1, "match": "first", **self.options}
+        out["options"] = dict(self.opts)
         out["tokens_per_target_forward"] = self.depth + 1
         return out

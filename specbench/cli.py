@@ -2,98 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 import sys
 
 import click
 
 from specbench.errors import SpecbenchError
-
-
-def _friendly(fn):
-    """Turn user errors into one line on stderr and exit code 2; Ctrl-C into exit code 130."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except SpecbenchError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("\ninterrupted; finished prompts are saved (resume with --resume RUN_ID)", err=True)
-            sys.exit(130)
-    return wrapper
-
-
-def _parse_options(pairs: tuple[str, ...]) -> dict:
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise SpecbenchError(f"method option {pair!r} is not KEY=VALUE")
-        key, value = pair.split("=", 1)
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-    return out
+from specbench.options import config_from_options, run_options
+from specbench.options import friendly as _friendly
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="specbench")
 def cli():
     """Implement, train and measure speculative-decoding methods side by side."""
-
-
-def run_options(fn):
-    """Options shared by `run` and `sweep` (the cell definition of DESIGN.md §6)."""
-    opts = [
-        click.option("--method", "-m", default="ar", show_default=True, help="method name (specbench list methods)"),
-        click.option("--suite", "-s", default="gsm8k", show_default=True, help="benchmark suite"),
-        click.option("--target", "-t", default="smollm2-135m", show_default=True,
-                     help="alias, hub id, local directory or .gguf file"),
-        click.option("--drafter", default=None, help="drafter folder PATH, a folder of drafters DIR/<method>/, or 'auto'"),
-        click.option("--no-train", is_flag=True, help="with --drafter auto: fail instead of training a missing drafter"),
-        click.option("--temperature", type=float, default=0.0, show_default=True),
-        click.option("--top-p", type=float, default=1.0, show_default=True),
-        click.option("--top-k", type=int, default=0, show_default=True),
-        click.option("--batch-size", "-b", type=int, default=1, show_default=True),
-        click.option("--depth", type=int, default=None, help="draft depth (method default if omitted)"),
-        click.option("--limit", type=int, default=None, help="seeded subset of N prompts"),
-        click.option("--max-new-tokens", type=int, default=None, help="per turn (suite default if omitted)"),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda"),
-        click.option("--dtype", default="auto", show_default=True, help="auto|float32|bfloat16"),
-        click.option("--data-file", default=None, help="explicit suite data file"),
-        click.option("--category", "category", multiple=True, metavar="NAME",
-                     help="only this category of the suite (repeatable or comma-separated; e.g. spec_bench qa)"),
-        click.option("--system-prompt", default=None, help="override the system prompt"),
-        click.option("--enable-thinking/--no-thinking", default=False, show_default=True,
-                     help="Qwen3-style thinking in the chat template"),
-        click.option("--method-option", "-o", "method_option", multiple=True, metavar="KEY=VALUE",
-                     help="method-specific option (repeatable)"),
-        click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False)),
-        click.option("--warmup/--no-warmup", default=True, show_default=True),
-        click.option("--progress/--no-progress", default=True, show_default=True),
-    ]
-    for opt in reversed(opts):
-        fn = opt(fn)
-    return fn
-
-
-def config_from_options(o: dict):
-    from specbench.runner import RunConfig
-
-    return RunConfig(
-        method=o["method"], suite=o["suite"], target=o["target"], temperature=o["temperature"],
-        top_p=o["top_p"], top_k=o["top_k"], batch_size=o["batch_size"], depth=o["depth"], limit=o["limit"],
-        max_new_tokens=o["max_new_tokens"], seed=o["seed"], device=o["device"], dtype=o["dtype"],
-        drafter=o["drafter"], no_train=o.get("no_train", False),
-        data_file=o["data_file"], system_prompt=o["system_prompt"],
-        enable_thinking=o["enable_thinking"], warmup=o["warmup"],
-        method_options=_parse_options(o["method_option"]),
-        categories=[c.strip() for v in o.get("category") or () for c in v.split(",") if c.strip()] or None)
 
 
 @cli.command()
@@ -177,11 +99,15 @@ def bench(target, batch_sizes, n_prompts, max_new_tokens, repeats, suite, out):
 @click.option("--address", default=None, help="Ray cluster address (default: start a local instance)")
 @click.option("--cpus-per-cell", type=int, default=1, show_default=True, help="CPUs a Ray task reserves (CPU cells)")
 @click.option("--sweep-id", default=None, help="name of the sweep state file (default: hash of the grid)")
-@click.option("--dry-run", is_flag=True, help="list the cells and exit")
+@click.option("--dry-run", is_flag=True, help="list the cells, estimate the time and exit")
+@click.option("--report/--no-report", default=True, show_default=True,
+              help="end by writing the report, reports/SWEEP_ID.html beside the results folder")
 @_friendly
-def sweep(axis_and_values, config_path, executor, address, cpus_per_cell, sweep_id, dry_run, **o):
+def sweep(axis_and_values, config_path, executor, address, cpus_per_cell, sweep_id, dry_run, report, **o):
     """Run a grid of cells: AXIS (batch-size|temperature|depth|suite|method|seed|target) over VALUES.
 
+    An axis without values sweeps its default values over every method (ar, pld, eagle3, flexdraft, dflash,
+    bita, mtp; unless --method is typed), training missing drafters once first (--drafter auto).
     Complete cells are skipped, partial ones resume; a failing cell is recorded and the sweep goes on
     (exit code 1 if any failed). Options set every other field of the cells; an option typed on the
     command line wins over the same field in --config's file.
@@ -191,7 +117,7 @@ def sweep(axis_and_values, config_path, executor, address, cpus_per_cell, sweep_
     ctx = click.get_current_context()
     typed = {k for k in o if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
     sys.exit(sweep_command(axis_and_values, config_path, o, executor, address, cpus_per_cell, sweep_id, dry_run,
-                           typed))
+                           typed, report))
 
 
 @cli.command()
@@ -199,12 +125,17 @@ def sweep(axis_and_values, config_path, executor, address, cpus_per_cell, sweep_
 @click.option("--results-dir", default="results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--out", default="reports/report.html", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--sweep", "sweep_ids", multiple=True, metavar="SWEEP_ID", help="the cells of this sweep (repeatable)")
+@click.option("--all", "all_runs", is_flag=True, help="every stored run (the default when there is no sweep)")
 @click.option("--title", default=None, help="page title")
 @_friendly
-def report(run_dirs, results_dir, out, sweep_ids, title):
-    """One self-contained HTML page (plus CSV and Markdown tables) from stored runs (default: all of them)."""
-    from specbench.report import build_report
+def report(run_dirs, results_dir, out, sweep_ids, all_runs, title):
+    """One self-contained HTML page (plus CSV and Markdown tables) from stored runs; with no arguments the
+    most recent sweep's cells, or every run when there is no sweep."""
+    from specbench.report import build_report, latest_sweep
 
+    if not (run_dirs or sweep_ids or all_runs) and (latest := latest_sweep(results_dir)):
+        sweep_ids = (latest,)
+        click.echo(f"report of sweep {latest}, the most recent (--all: every run; --sweep ID: another sweep)")
     files = build_report(run_dirs, results_dir=results_dir, out=out, sweep_ids=sweep_ids, title=title)
     click.echo(f"report: {files.html}  (tables: {files.markdown}, {files.csv_dir}/)")
 

@@ -27,7 +27,7 @@ from specbench.results import ResultStore, RunDir
 from specbench.sampling import SamplingConfig
 from specbench.suites import get_suite
 from specbench.suites.base import Example
-from specbench.targets import Target, load_target
+from specbench.targets import Target, load_target, resolve_device
 from specbench.timing import StepTimer
 from specbench.training.store import describe_drafter
 
@@ -37,6 +37,10 @@ from specbench.training.store import describe_drafter
 #: 2^-8 = 3.9e-3 relative per operation, accumulated over the layers), fp16 11 (DESIGN.md §5)
 NEAR_TIE_RELATIVE_GAP = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 WARMUP_TOKENS = 16
+#: a run on a CPU without --limit / --max-new-tokens uses the README's CPU measurement protocol (10 prompts
+#: x 128 new tokens, "Measured on smollm2-135m"): minutes, where GSM8K's 1319 prompts x 256 tokens take
+#: hours on 2 cores. On CUDA the suite's own size (issue 23).
+CPU_DEFAULTS = {"limit": 10, "max_new_tokens": 128}
 
 
 @dataclass
@@ -143,8 +147,30 @@ def near_tie(target: Target, prompt_ids: list[int], prefix: list[int], method_to
             "near_tie": bool(is_second and relative < tolerance)}
 
 
+def device_size(config: RunConfig, suite, n_prompts: int, device_type: str) -> tuple[int | None, int, dict]:
+    """(limit, max new tokens, the CPU defaults that filled a field the user left unset) of a run."""
+    limit, max_new = config.limit, config.max_new_tokens or suite.default_max_new_tokens
+    defaults = {}
+    if device_type != "cuda":
+        if limit is None and n_prompts > CPU_DEFAULTS["limit"]:
+            limit = defaults["limit"] = CPU_DEFAULTS["limit"]
+        if config.max_new_tokens is None and max_new > CPU_DEFAULTS["max_new_tokens"]:
+            max_new = defaults["max_new_tokens"] = CPU_DEFAULTS["max_new_tokens"]
+    return limit, max_new, defaults
+
+
+def announce_defaults(suite, n_run: int, n_prompts: int, defaults: dict) -> str:
+    """One line saying what a CPU run measures and how to get the full suite."""
+    full = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+                    (("limit", n_prompts), ("max_new_tokens", suite.default_max_new_tokens)) if k in defaults)
+    cap = f", at most {defaults['max_new_tokens']} new tokens each" if "max_new_tokens" in defaults else ""
+    return (f"on a CPU: {n_run} of {n_prompts} {suite.name} prompts{cap} (CPU defaults, minutes not hours; "
+            f"the full suite: {full}, or run on a GPU)")
+
+
 class Runner:
-    def __init__(self, config: RunConfig, store: ResultStore, progress: bool = True, target: Target | None = None):
+    def __init__(self, config: RunConfig, store: ResultStore, progress: bool = True, target: Target | None = None,
+                 log=print):
         config.validate()
         self.config = config
         self.store = store
@@ -157,12 +183,15 @@ class Runner:
         examples = loaded.examples
         if config.categories:
             examples = self.suite.select_categories(examples, config.categories)
-        self.examples = self.suite.select(examples, config.limit, config.seed)
+        device = target.device if target is not None else resolve_device(config.device)
+        limit, self.max_new_tokens, self.defaults = device_size(config, self.suite, len(examples), device.type)
+        self.examples = self.suite.select(examples, limit, config.seed)
+        if self.defaults:
+            log(announce_defaults(self.suite, len(self.examples), len(examples), self.defaults))
         self.target = target or load_target(config.target, config.device, config.dtype,
                                             system_prompt=config.system_prompt or self.suite.system_prompt,
                                             enable_thinking=config.enable_thinking)
         self.sampling = SamplingConfig(config.temperature, config.top_p, config.top_k)
-        self.max_new_tokens = config.max_new_tokens or self.suite.default_max_new_tokens
         from specbench.training.store import resolve_drafter
         drafter = resolve_drafter(config.method, self.target, config.drafter, train=not config.no_train,
                                   options=config.method_options, progress=progress)
@@ -178,7 +207,8 @@ class Runner:
             "config": dataclasses.asdict(self.config),
             "cell": self.config.cell_hash(),
             "resolved": {"max_new_tokens": self.max_new_tokens, "n_prompts": len(self.examples),
-                         "prompt_ids": [e.id for e in self.examples], "sampling": dataclasses.asdict(self.sampling)},
+                         "prompt_ids": [e.id for e in self.examples], "sampling": dataclasses.asdict(self.sampling),
+                         "cpu_defaults": self.defaults or None},
             "target": self.target.describe(),
             "method": self.method.describe(),
             "drafter": describe_drafter(path) if (path := getattr(self.method, "drafter_path", None)) else None,

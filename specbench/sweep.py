@@ -62,6 +62,17 @@ _FIELD_TYPES = {"batch_size": int, "temperature": float, "depth": int, "seed": i
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}
 
+#: `specbench sweep AXIS` without values (issue 23) runs every method of the product (unless --method is
+#: typed) against its AR arm; the AR cells (AR vs AR) are the timing noise floor
+PRODUCT_METHODS = ("ar", "pld", "eagle3", "flexdraft", "dflash", "bita", "mtp")
+#: default values per axis: the batch ladder, T = 0 and 1 (FlexDraft's Table 1), depths every method's
+#: standard drafter allows (BiTA's M = 3 is the smallest), the README's three suites; a target needs values
+DEFAULT_VALUES = {"batch-size": [1, 2, 4, 8, 16], "temperature": [0.0, 1.0], "depth": [2, 3],
+                  "suite": ["gsm8k", "humaneval", "mtbench"], "method": list(PRODUCT_METHODS), "seed": [0, 1, 2]}
+#: prompts per cell of a default sweep on CUDA (two batches at the largest batch size); on a CPU the
+#: run's CPU defaults apply (runner.py `CPU_DEFAULTS`), and the ladder stops at that prompt count
+CUDA_SWEEP_LIMIT = 32
+
 SWEEPS_DIR = "sweeps"
 
 
@@ -142,6 +153,38 @@ def axis_grid(axis: str, raw_values: list[str]) -> dict[str, list]:
         if value not in values:
             values.append(value)
     return {field: values}
+
+
+def default_grid(axis: str, base: RunConfig, typed: set[str], device_type: str) -> tuple[dict, RunConfig, str]:
+    """`specbench sweep AXIS` with no values: (grid, base config, the line that states it). Options typed
+    on the command line (`--method`, `--limit`) win over these defaults."""
+    from specbench.runner import CPU_DEFAULTS
+
+    if axis not in AXES:
+        axis_grid(axis, [])  # the unknown-axis error
+    if axis not in DEFAULT_VALUES:
+        raise SpecbenchError(f"the {axis} axis has no default values; give them, e.g. specbench sweep {axis} A B")
+    field = AXES[axis][0]
+    values = list(DEFAULT_VALUES[axis])
+    if "limit" not in typed and device_type == "cuda":
+        base = dataclasses.replace(base, limit=CUDA_SWEEP_LIMIT)
+    prompts = base.limit or CPU_DEFAULTS["limit"]
+    trimmed = ""
+    if field == "batch_size" and device_type != "cuda":
+        kept = [b for b in values if b <= prompts]
+        trimmed = (f" (a CPU cell runs {prompts} prompts, so batch sizes stop at {kept[-1]}; --limit N and "
+                   f"explicit values sweep larger ones)") if kept != values else ""
+        values = kept
+    grid = {field: values}
+    if field != "method" and "method" not in typed:
+        grid = {"method": list(PRODUCT_METHODS), **grid}
+    methods = grid.get("method", [base.method])
+    tokens = base.max_new_tokens or (CPU_DEFAULTS["max_new_tokens"] if device_type != "cuda" else None)
+    size = f"{prompts} prompts" + (f" x <= {tokens} new tokens" if tokens else "")
+    line = (f"default sweep: {axis} {' '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}"
+            f"{trimmed} x methods {' '.join(methods)}{' (ar: the noise floor)' if 'ar' in methods else ''} on "
+            f"{base.suite if field != 'suite' else 'each suite'}, {size} per cell")
+    return grid, base, line
 
 
 def yaml_grid(path: str | Path) -> tuple[dict[str, list], dict]:
@@ -349,32 +392,42 @@ def run_sweep(cells: list[Cell], results_dir: str | Path, executor, sweep_id: st
 
 def sweep_command(axis_and_values: tuple[str, ...], config_path: str | None, options: dict, executor_name: str,
                   address: str | None, cpus_per_cell: int, sweep_id: str | None, dry_run: bool,
-                  typed: set[str] = frozenset()) -> int:
+                  typed: set[str] = frozenset(), report: bool = True) -> int:
     """The body of `specbench sweep`; returns the exit code (1 if any cell failed). `typed`: options
-    given on the command line, which override the file's scalars (`--drafter DIR` over `drafter: auto`)."""
-    from specbench.cli import config_from_options
+    given on the command line, which override the file's scalars (`--drafter DIR` over `drafter: auto`).
+    A sweep ends by writing its report (`report_path`); `--dry-run` lists the cells and estimates the time."""
+    import click
+
     from specbench.executors import make_executor
+    from specbench.options import config_from_options
+    from specbench.targets import resolve_device
 
     base = config_from_options(options)
     if config_path and axis_and_values:
         raise SpecbenchError("give either an axis with values or --config FILE, not both")
+    defaults = None
     if config_path:
         grid, scalars = yaml_grid(config_path)
         base = dataclasses.replace(base, **{k: v for k, v in scalars.items() if k not in typed})
+    elif len(axis_and_values) == 1:
+        grid, base, defaults = default_grid(axis_and_values[0], base, typed, resolve_device(base.device).type)
     elif axis_and_values:
         grid = axis_grid(axis_and_values[0], list(axis_and_values[1:]))
     else:
-        raise SpecbenchError("give an axis and values (e.g. specbench sweep batch-size 1 4) or --config FILE")
+        raise SpecbenchError("give an axis (e.g. specbench sweep batch-size [1 4]) or --config FILE")
     cells = grid_cells(base, grid)
     sweep_id = sweep_id or default_sweep_id(cells)
     executor = make_executor(executor_name, address=address, cpus_per_cell=cpus_per_cell,
                              progress=options["progress"])
-    import click
-
     click.echo(f"{sweep_id}: {len(cells)} cells, executor {executor_name}, results in {options['results_dir']}")
+    if defaults:
+        click.echo(defaults)
     if dry_run:
+        from specbench.estimate import estimate_sweep
+
         for cell in cells:
             click.echo(f"  {cell.run_id}")
+        click.echo(estimate_sweep(cells, options["results_dir"]).line())
         return 0
     try:
         state = run_sweep(cells, options["results_dir"], executor, sweep_id, grid)
@@ -383,10 +436,31 @@ def sweep_command(axis_and_values: tuple[str, ...], config_path: str | None, opt
                    err=True)
         return 130
     print_sweep(state, options["results_dir"])
+    if report:
+        write_sweep_report(sweep_id, options["results_dir"])
     if state.failed:
         click.echo(f"error: {len(state.failed)} of {len(cells)} cells failed (details in {state.path})", err=True)
         return 1
     return 0
+
+
+def report_path(results_dir: str | Path, sweep_id: str) -> Path:
+    """`reports/<sweep_id>.html` beside the results folder (the repository layout: results/, reports/)."""
+    return Path(results_dir).parent / "reports" / f"{sweep_id}.html"
+
+
+def write_sweep_report(sweep_id: str, results_dir: str | Path) -> None:
+    """The sweep's report page, or one line saying why there is none (no complete cell)."""
+    import click
+
+    from specbench.report import build_report
+
+    try:
+        files = build_report(sweep_ids=[sweep_id], results_dir=results_dir, out=report_path(results_dir, sweep_id))
+    except SpecbenchError as e:
+        click.echo(f"no report: {e}", err=True)
+        return
+    click.echo(f"report: {files.html}")
 
 
 def print_sweep(state: SweepState, results_dir: str | Path) -> None:

@@ -11,7 +11,7 @@ import torch
 from specbench.engine.tree import TreeBatch
 from specbench.errors import SpecbenchError
 from specbench.methods import build_method
-from specbench.methods.bita import BiTADrafter, BiTAMethod, group_layout, tree_parents
+from specbench.methods.bita import CPU_LAYOUT, BiTADrafter, BiTAMethod, device_layout, group_layout, tree_parents
 from specbench.sampling import SamplingConfig
 from specbench.testing import lossless
 from specbench.timing import StepTimer
@@ -242,12 +242,22 @@ def test_save_load_round_trip_registry_and_describe(tmp_path):
     assert d["drafter_parameters"] == counts["total"] == drafter.parameter_count()
     assert counts["prefix"] == 4 * target.num_layers * 2 * target.config.num_attention_heads * drafter.cfg.head_dim
     assert d["depth"] == 3 and d["tokens_per_target_forward"] == 1 + 3 + 4 * 3  # b + M(M+2), A.6.1
-    tree = build_method("bita", target, drafter=str(tmp_path / "bita")).describe()
+    tree = build_method("bita", target, drafter=str(tmp_path / "bita"), tree="tree").describe()
     assert tree["tree"]["nodes_per_level"] == [5, 4, 3] and tree["tokens_per_target_forward"] == 1 + 12 + 13 * 3
-    assert build_method("bita", target, drafter=drafter, depth=2).describe()["tokens_per_target_forward"] == 1 + 9 + 10 * 2
+    assert build_method("bita", target, drafter=drafter, depth=2, tree="tree").describe()["tokens_per_target_forward"] \
+        == 1 + 9 + 10 * 2
     for bad in ({"tree": "full"}, {"depth": 4}, {"num_masks": 4}, {"colour": 1}):
         with pytest.raises(SpecbenchError):
             build_method("bita", target, drafter=drafter, **bad)
+
+
+def test_layout_default_is_the_tree_on_cuda_and_the_chain_on_a_cpu():
+    """Issue 23: the CPU default has fewer rows per pass (module docstring); an explicit layout wins."""
+    assert device_layout("cuda") == "tree" and device_layout("cpu") == CPU_LAYOUT == "chain"
+    target = lossless.load_tiny("tiny-random-llama")
+    d = bita(target).describe()
+    assert d["tree"]["layout"] == "chain" and any("CPU default layout" in n for n in d["notes"])
+    assert bita(target, tree="tree").describe()["tree"]["layout"] == "tree"
 
 
 def test_the_fixed_tree_is_built_once_and_stopped_rows_are_cut_by_the_engine():
@@ -281,8 +291,8 @@ def _accepted(outputs) -> list[int]:
 
 def test_lossless_tree():
     """Kit: T = 0 at batch 1/4/8 = AR, cache = fresh forward after every step, T = 1 distribution;
-    tiny Llama and Qwen3; the default upper-triangle tree (5+4+3)."""
-    outputs = lossless.assert_lossless(lambda t: bita(t), n_samples=2 ** 16)
+    tiny Llama and Qwen3; the release's upper-triangle tree (5+4+3), the GPU default."""
+    outputs = lossless.assert_lossless(lambda t: bita(t, tree="tree"), n_samples=2 ** 16)
     accepted = _accepted(outputs)
     assert max(accepted) >= 3 and sum(accepted) / len(accepted) > 1.1
 

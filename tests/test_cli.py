@@ -1,5 +1,7 @@
 """Bad input exits non-zero with one clear line and no traceback (issue 2, item 6)."""
 
+import json
+
 import pytest
 from click.testing import CliRunner
 
@@ -48,3 +50,68 @@ def test_run_and_list(tmp_path):
 def test_list(what, expect):
     result = CliRunner().invoke(cli, ["list", what])
     assert result.exit_code == 0 and expect in result.output
+
+
+# -- issue 23: the design's commands as typed ------------------------------------------------------------
+TRAINED = ("bita", "dflash", "eagle3", "flexdraft", "mtp")
+#: one bad -o value per method and the line it must give (what the option takes, exit 2)
+BAD_OPTION = {
+    "ar": ("x=1", "ar takes no options; got ['x']"),
+    "pld": ("max_ngram=abc", "pld option max_ngram takes an integer >= 1, got 'abc'"),
+    "eagle3": ("top_k=0", "eagle3 option top_k takes an integer >= 1, got 0"),
+    "flexdraft": ("mode=fast", "flexdraft option mode takes one of flex, parallel, sequential, got 'fast'"),
+    "dflash": ("block_size=big", "dflash option block_size takes an integer, got 'big'"),
+    "bita": ("tree=full", "bita option tree takes tree or chain, got 'full'"),
+    "mtp": ("decoding=cubic", "mtp option decoding takes quadratic or linear, got 'cubic'"),
+}
+
+
+@pytest.fixture
+def empty_store(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("method", sorted(BAD_OPTION))
+def test_a_bad_option_value_is_one_line_for_every_method(method, tmp_path, empty_store):
+    """`--no-train` and an empty store: a missing check would end in another error, not train for minutes."""
+    option, message = BAD_OPTION[method]
+    result = CliRunner().invoke(cli, BASE + ["--method", method, "-o", option, "--no-train",
+                                             "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert lines == [f"error: {message}"]
+
+
+@pytest.mark.parametrize("method", TRAINED)
+def test_a_drafter_method_without_drafter_uses_the_stored_standard_one(method, tmp_path, empty_store):
+    """`specbench run --method M` as typed: `--drafter auto`, announced in one line."""
+    from specbench.methods import method_class
+    from specbench.testing import lossless
+    from specbench.training.store import store_path
+
+    cls = method_class(method).drafter_class
+    target = lossless.load_tiny("tiny-random-llama")
+    path = store_path(target, cls)
+    cls.for_target(target).save(path)
+    result = CliRunner().invoke(cli, BASE + ["--method", method, "--no-warmup", "--results-dir", str(tmp_path),
+                                             "--run-id", "r"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (f"{method}: using the stored standard drafter {path} (--drafter auto "
+                                             "(the default; --drafter PATH picks another))")
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["exact_match_rate"] == 1.0
+
+
+def test_no_train_without_a_stored_drafter_is_one_line(tmp_path, empty_store):
+    result = CliRunner().invoke(cli, BASE + ["--method", "flexdraft", "--no-train", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: no cached flexdraft drafter for tiny-random-llama (fingerprint {_fingerprint()}) in "
+        f"{empty_store / 'drafters' / _fingerprint()}; train one with `specbench train --method flexdraft "
+        "--target tiny-random-llama` or drop --no-train"]
+
+
+def _fingerprint() -> str:
+    from specbench.testing import lossless
+
+    return lossless.load_tiny("tiny-random-llama").fingerprint

@@ -406,7 +406,7 @@ def test_save_load_registry_and_describe(tiny_qwen3, tmp_path):
         build_method("eagle3", tiny_qwen3)
     with pytest.raises(SpecbenchError):
         build_method("eagle3", tiny_qwen3, drafter=drafter, topk=3)
-    with pytest.raises(SpecbenchError, match="tree must be one of paper, deep, cpu"):
+    with pytest.raises(SpecbenchError, match="tree takes one of paper, deep, cpu"):
         build_method("eagle3", tiny_qwen3, drafter=drafter, tree="wide")
 
 

@@ -12,7 +12,7 @@ import torch
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
 from specbench.methods import build_method
-from specbench.methods.mtp import MTPDrafter, MTPMethod, block_layout, training_visibility
+from specbench.methods.mtp import CPU_DEFAULTS, MTPDrafter, MTPMethod, block_layout, device_defaults, training_visibility
 from specbench.sampling import SamplingConfig
 from specbench.testing import lossless
 from specbench.training.data import TrainExample, collate
@@ -241,11 +241,12 @@ def test_save_load_roundtrip_and_target_check(tmp_path):
 
 def test_options_and_describe():
     target = lossless.load_tiny("tiny-random-llama")
-    quad = mtp(target).describe()
+    quad = mtp(target, decoding="quadratic").describe()
     assert quad["tokens_per_target_forward"] == (K + 1) ** 2 and quad["depth"] == K
     assert quad["drafter_parameters"] == trained_drafter("tiny-random-llama").parameter_count()
     assert mtp(target, decoding="linear").describe()["tokens_per_target_forward"] == 2 * K + 1
-    assert MTPMethod(target, depth=2, drafter=trained_drafter(target.name)).describe()["tokens_per_target_forward"] == 9
+    assert MTPMethod(target, depth=2, drafter=trained_drafter(target.name), decoding="quadratic").describe()[
+        "tokens_per_target_forward"] == 9
     with pytest.raises(SpecbenchError, match="decoding"):
         mtp(target, decoding="cubic")
     with pytest.raises(SpecbenchError, match="options"):
@@ -258,11 +259,24 @@ def test_options_and_describe():
         MTPMethod(target)
 
 
+def test_decoding_defaults_follow_the_device():
+    """Issue 23: on a CPU the measured best (linear, depth 4, capped at the trained k); on CUDA the paper's."""
+    assert device_defaults("cuda", 8) == {"depth": 8, "decoding": "quadratic"}
+    assert device_defaults("cpu", 8) == CPU_DEFAULTS == {"depth": 4, "decoding": "linear"}
+    assert device_defaults("cpu", 3) == {"depth": 3, "decoding": "linear"}
+    target = lossless.load_tiny("tiny-random-llama")
+    torch.manual_seed(0)
+    d = MTPMethod(target, drafter=MTPDrafter.for_target(target, num_masks=6, rank=4).eval()).describe()
+    assert d["depth"] == 4 and d["options"]["decoding"] == "linear" and d["tokens_per_target_forward"] == 9
+    assert any("CPU defaults" in n for n in d["notes"])
+    assert "CPU defaults" not in " ".join(mtp(target, decoding="quadratic", depth=2).describe()["notes"])
+
+
 # -- lossless (the shared kit) ------------------------------------------------------------------------------
 
 def test_lossless_quadratic():
     """T = 0 at batch 1, 4, 8 on both families, cache after every step, T = 1 distribution."""
-    outputs = lossless.assert_lossless(mtp)
+    outputs = lossless.assert_lossless(lambda t: mtp(t, decoding="quadratic"))
     lengths = [a for o in outputs["tiny-random-llama"] for r in o.rows for a in r.accept_lengths]
     assert sum(lengths) / len(lengths) > 1.3 and set(range(1, K + 2)) <= set(lengths)  # every block used
 

@@ -214,3 +214,29 @@ def test_sigkill_midway_then_cli_resume(tmp_path):
     assert before <= run_dir.completed_prompt_ids()
     assert run_dir.read_manifest()["status"] == "complete"
     assert run_dir.read_summary()["n_prompts"] == 40
+
+
+def test_a_cpu_run_without_limit_runs_a_few_prompts_says_so_and_records_it(tmp_path, tiny_llama):
+    """Issue 23: GSM8K's 1319 prompts x 256 tokens would take hours on 2 cores; a CPU run without --limit /
+    --max-new-tokens takes `CPU_DEFAULTS`, says so in one line and records it; typed values win; CUDA keeps
+    the whole suite."""
+    from specbench.runner import CPU_DEFAULTS, device_size
+    from specbench.suites import get_suite
+
+    logs = []
+    config = RunConfig(method="ar", suite="gsm8k", target="tiny-random-llama")
+    runner = Runner(config, ResultStore(tmp_path), progress=False, target=tiny_llama, log=logs.append)
+    assert CPU_DEFAULTS == {"limit": 10, "max_new_tokens": 128}
+    assert len(runner.examples) == 10 and runner.max_new_tokens == 128
+    assert logs == ["on a CPU: 10 of 1319 gsm8k prompts, at most 128 new tokens each (CPU defaults, minutes not "
+                    "hours; the full suite: --limit 1319 --max-new-tokens 256, or run on a GPU)"]
+    resolved = runner.manifest("x")["resolved"]
+    assert resolved["cpu_defaults"] == CPU_DEFAULTS and resolved["n_prompts"] == 10
+    logs.clear()
+    typed = Runner(RunConfig(**CONFIG), ResultStore(tmp_path), progress=False, target=tiny_llama, log=logs.append)
+    assert len(typed.examples) == 6 and typed.max_new_tokens == 12 and not logs
+    assert typed.manifest("y")["resolved"]["cpu_defaults"] is None
+    gsm8k = get_suite("gsm8k")
+    assert device_size(config, gsm8k, 1319, "cuda") == (None, 256, {})
+    assert device_size(RunConfig(method="ar", suite="gsm8k", limit=3), gsm8k, 1319, "cpu") == (
+        3, 128, {"max_new_tokens": 128})

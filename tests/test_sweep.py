@@ -1,5 +1,6 @@
 """Sweeps: grid expansion, one-line errors, failing cells, kill + resume without recomputation, Ray = local."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,7 +16,8 @@ from click.testing import CliRunner
 from specbench.cli import cli
 from specbench.errors import SpecbenchError
 from specbench.runner import RunConfig
-from specbench.sweep import axis_grid, cell_run_id, default_sweep_id, grid_cells, yaml_grid
+from specbench.sweep import (CUDA_SWEEP_LIMIT, PRODUCT_METHODS, axis_grid, cell_run_id, default_grid, default_sweep_id,
+                             grid_cells, yaml_grid)
 
 TINY = ["--target", "tiny-random-llama", "--no-progress", "--no-warmup"]
 # the 2×2×2 grid of issue 8 with ar and two seeds standing in for a second method (one file, reused below)
@@ -97,9 +99,10 @@ def test_bad_sweep_file_is_one_line(tmp_path, text, message):
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "give an axis and values"),
+    ([], "give an axis (e.g. specbench sweep batch-size [1 4]) or --config FILE"),
     (["colour", "red"], "unknown sweep axis 'colour'"),
-    (["batch-size"], "give values for the batch-size axis"),
+    (["colour"], "unknown sweep axis 'colour'"),
+    (["target"], "the target axis has no default values"),
     (["batch-size", "1", "--config", "x.yaml"], "not both"),
     (["--config", "/nonexistent/sweep.yaml"], "cannot read sweep file"),
     (["batch-size", "1", "--executor", "local", "--address", "auto"], "--address only applies"),
@@ -114,6 +117,61 @@ def test_dry_run_lists_cells_and_runs_nothing(tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 cells" in result.output and "ar-gsm8k-tiny-random-llama-t0.7-b1-s0-" in result.output
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_an_axis_without_values_sweeps_every_method_over_default_values():
+    """Issue 23: `specbench sweep batch-size` as typed: every method of the product (AR = the noise floor)
+    over the batch ladder, trimmed on a CPU to the batch sizes its default prompt count fills; CUDA gets
+    the whole ladder and a default prompt count; typed --method / --limit win."""
+    base = RunConfig(method="ar", suite="gsm8k", target="tiny-random-llama")
+    assert PRODUCT_METHODS == ("ar", "pld", "eagle3", "flexdraft", "dflash", "bita", "mtp")
+    grid, cpu_base, line = default_grid("batch-size", base, set(), "cpu")
+    assert grid == {"method": list(PRODUCT_METHODS), "batch_size": [1, 2, 4, 8]} and cpu_base.limit is None
+    assert line.startswith("default sweep: batch-size 1 2 4 8 (a CPU cell runs 10 prompts, so batch sizes stop at 8")
+    assert "methods ar pld eagle3 flexdraft dflash bita mtp (ar: the noise floor) on gsm8k, 10 prompts x <= 128" in line
+    grid, cuda_base, _ = default_grid("batch-size", base, set(), "cuda")
+    assert grid["batch_size"] == [1, 2, 4, 8, 16] and cuda_base.limit == CUDA_SWEEP_LIMIT
+    typed = dataclasses.replace(base, method="pld", limit=16)
+    assert default_grid("batch-size", typed, {"method", "limit"}, "cpu")[0] == {"batch_size": [1, 2, 4, 8, 16]}
+    assert default_grid("temperature", base, set(), "cpu")[0]["temperature"] == [0.0, 1.0]
+    assert default_grid("depth", base, set(), "cpu")[0]["depth"] == [2, 3]
+    assert default_grid("method", base, set(), "cpu")[0] == {"method": list(PRODUCT_METHODS)}
+
+
+def test_dry_run_of_a_default_sweep_shows_the_grid_and_an_estimate(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECBENCH_CACHE_DIR", str(tmp_path / "cache"))  # no stored drafters
+    result = CliRunner().invoke(cli, ["sweep", "batch-size", "--dry-run", "--device", "cpu", *TINY,
+                                      "--results-dir", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].endswith(": 28 cells, executor local, results in " + str(tmp_path / "r"))
+    assert lines[1].startswith("default sweep: batch-size 1 2 4 8 ")
+    assert "mtp-gsm8k-tiny-random-llama-t0-b8-s0-" in result.output
+    assert lines[-1].startswith("estimate: about ") and "28 at a rough 62 ms per token at batch 1 x b^-0.5 (cpu)" in lines[-1]
+    assert "training 5 missing drafters first (eagle3, flexdraft, dflash, bita, mtp: 2 h 15 min)" in lines[-1]
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_sweep_ends_with_its_report_and_report_opens_on_the_latest_sweep(tmp_path):
+    """Issue 23: the sweep writes reports/<sweep_id>.html beside the results folder; `specbench report` with
+    no arguments reports the most recent sweep's cells (`--all`: every run)."""
+    results = tmp_path / "results"
+    common = ["--method", "ar", "--limit", "1", "--max-new-tokens", "2", *TINY, "--results-dir", str(results)]
+    older = CliRunner().invoke(cli, ["sweep", "seed", "5", "--sweep-id", "older", "--no-report", *common])
+    assert older.exit_code == 0 and "report:" not in older.output.replace("report: specbench report", "")
+    newer = CliRunner().invoke(cli, ["sweep", "temperature", "0", "--sweep-id", "newer", *common])
+    assert newer.exit_code == 0, newer.output
+    assert newer.output.strip().splitlines()[-1] == f"report: {tmp_path / 'reports' / 'newer.html'}"
+    assert (tmp_path / "reports" / "newer.html").exists()
+    out = tmp_path / "page.html"
+    latest = CliRunner().invoke(cli, ["report", "--results-dir", str(results), "--out", str(out)])
+    assert latest.exit_code == 0, latest.output
+    assert latest.output.splitlines()[0].startswith("report of sweep newer, the most recent")
+    assert latest.output.splitlines()[1].startswith(f"report: {out}")
+    page = out.read_text()
+    assert "-t0-b1-s0-" in page and "-s5-" not in page
+    everything = CliRunner().invoke(cli, ["report", "--all", "--results-dir", str(results), "--out", str(out)])
+    assert everything.exit_code == 0 and "-s5-" in out.read_text()
 
 
 def test_typed_option_wins_over_the_sweep_file(tmp_path):

@@ -225,6 +225,32 @@ def test_drafter_auto_trains_once_then_reuses(tiny_llama, examples):
     assert resolve_drafter(SKIPHEAD, tiny_llama, "some/path") == "some/path"
 
 
+def test_no_drafter_means_auto_for_a_drafter_method(tiny_llama, examples):
+    """Issue 23: `specbench run --method M` without --drafter resolves `auto`: one line announcing the
+    training (where, how long), then the stored drafter on the next run; `--no-train` refuses instead."""
+    with pytest.raises(SpecbenchError, match="no cached mtp drafter"):
+        resolve_drafter("mtp", tiny_llama, None, train=False, recipe=RECIPE)
+    logs = []
+    path = resolve_drafter("mtp", tiny_llama, None, recipe=RECIPE, progress=False, log=logs.append)
+    assert logs[0].startswith(f"mtp: no stored mtp drafter for tiny-random-llama (fingerprint {tiny_llama.fingerprint})"
+                              "; training one once with the standard recipe")
+    assert f"into {path}: expected 3 steps. --drafter auto (the default; --drafter PATH picks another)" in logs[0]
+    logs.clear()
+    assert resolve_drafter("mtp", tiny_llama, None, train=False, recipe=RECIPE, log=logs.append) == path
+    assert logs == [f"mtp: using the stored standard drafter {path} (--drafter auto (the default; --drafter PATH "
+                    "picks another))"]
+    assert resolve_drafter("pld", tiny_llama, None) is None and resolve_drafter(SKIPHEAD, tiny_llama, None) is None
+
+
+def test_the_training_time_is_the_budget_on_this_machine(tiny_llama):
+    from specbench.training.budget import OVERHEAD_MINUTES, STANDARD_CPU
+    from specbench.training.store import expected_training
+
+    minutes, words = expected_training(tiny_llama, STANDARD_CPU)
+    assert minutes == STANDARD_CPU.budget_minutes + OVERHEAD_MINUTES == 27
+    assert words.startswith("about 27 minutes on this machine, after generating ")  # no shipped corpus for it
+
+
 def test_drafter_folder_resolves_per_method(tiny_llama, tmp_path):
     (tmp_path / "eagle3").mkdir()
     (tmp_path / "eagle3" / "config.json").write_text("{}")

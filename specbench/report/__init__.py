@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from specbench.errors import SpecbenchError
 from specbench.report.html import ReportFiles
 
 
@@ -33,4 +34,20 @@ def build_report(run_refs=(), results_dir: str | Path = "results", out: str | Pa
     return write_report(sections, out, title, facts, alerts, len(df), len(incomplete))
 
 
-__all__ = ["build_report", "ReportFiles"]
+def latest_sweep(results_dir: str | Path = "results") -> str | None:
+    """The most recently updated sweep with a complete cell: what `specbench report` with no arguments
+    shows (issue 23: the report of the sweep just run), None when there is none (then every run)."""
+    from specbench.report import aggregate as agg
+
+    candidates = []
+    for path in (Path(results_dir) / "sweeps").glob("*.json"):
+        try:
+            state = agg._sweep_state(results_dir, path.stem)
+        except SpecbenchError:
+            continue
+        if any(c.get("status") in ("complete", "skipped") for c in state["cells"]):
+            candidates.append((str(state.get("updated", "")), path.stat().st_mtime, path.stem))
+    return max(candidates)[2] if candidates else None
+
+
+__all__ = ["build_report", "latest_sweep", "ReportFiles"]

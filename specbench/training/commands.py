@@ -91,8 +91,8 @@ def train_command(friendly) -> click.Command:
         """Train a method's drafter on the target's own responses (resumes an interrupted run in --out)."""
         import dataclasses
 
-        from specbench.cli import _parse_options
         from specbench.errors import SpecbenchError
+        from specbench.options import parse_options
         from specbench.training.budget import STANDARD_CPU
         from specbench.training.drafter import drafter_class
         from specbench.training.pipeline import train_drafter
@@ -101,10 +101,14 @@ def train_command(friendly) -> click.Command:
         if steps is not None and budget_minutes is not None:
             raise SpecbenchError("give either --steps or --budget-minutes, not both")
         cls = drafter_class(method)
-        options = _parse_options(method_option)
+        options = parse_options(method_option)
         unknown = set(options) - set(config_options(cls, options))
         if unknown:
             raise SpecbenchError(f"unknown drafter option(s) for {method}: {', '.join(sorted(unknown))}")
+        if ":" not in method:
+            from specbench.methods import method_class
+
+            method_class(method).split_options(options)  # values, in one line (methods/base.py)
         given = {"data": data, "max_length": max_length, "max_new_tokens": max_new_tokens,
                  "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "seed": seed}
         recipe = dataclasses.replace(STANDARD_CPU, **{k: v for k, v in given.items() if v is not None})

@@ -47,7 +47,12 @@ def key_fields(config) -> dict:
 
 def store_path(target, cls: type[Drafter], options: dict | None = None,
                recipe: TrainingRecipe = STANDARD_CPU) -> Path:
-    config = cls.default_config(target, **config_options(cls, options))
+    chosen = config_options(cls, options)
+    try:
+        config = cls.default_config(target, **chosen)
+    except (TypeError, ValueError) as e:  # values the config cannot take: one line (issue 23)
+        raise SpecbenchError(f"{cls.method or cls.__name__} drafter options "
+                             f"{', '.join(f'{k}={v!r}' for k, v in chosen.items())} are not valid: {e}") from None
     config = key_fields(config) if dataclasses.is_dataclass(config) else dict(config)
     train_config = recipe.train_config(cls).as_dict()
     del train_config["save_at"]  # snapshots along the way do not change the drafter (trainer.py)
@@ -65,20 +70,26 @@ def resolve_drafter(method: str, target, spec: str | None, train: bool = True, o
     """A concrete drafter folder for `--drafter spec`: `None`, a drafter folder (specbench's or a published
     one), a folder of drafters named after their methods (`DIR/eagle3/`, `DIR/flexdraft/`...: one
     `--drafter` for a whole sweep of drafters trained elsewhere), `hub:ORG/NAME` (its local snapshot) or
-    `auto`."""
-    if spec is None:
-        return None
+    `auto`. No `--drafter` for a method that needs one means `auto` (issue 23: `specbench run --method
+    flexdraft --suite gsm8k` works as typed). A registered method's `-o` options are checked first, so a
+    typo fails in one line before any training starts."""
     from specbench.published import HUB_PREFIX, hub_folder
 
+    method_cls = None
+    if ":" not in method:
+        from specbench.methods import method_class
+
+        method_cls = method_class(method)
+        method_cls.split_options(options or {})
+    if spec is None and (method_cls is None or not method_cls.needs_drafter):
+        return None
+    defaulted, spec = spec is None, spec or "auto"
     hub = spec.startswith(HUB_PREFIX)
     folder = spec != "auto" and not hub and Path(spec).is_dir() and not (Path(spec) / "config.json").exists()
     if spec != "auto" and not folder and not hub:
         return spec
-    if ":" not in method:
-        from specbench.methods import method_class
-
-        if not method_class(method).needs_drafter:
-            return None  # `--drafter auto` (or a folder of drafters) across a sweep also reaches ar, pld...
+    if method_cls is not None and not method_cls.needs_drafter:
+        return None  # `--drafter auto` (or a folder of drafters) across a sweep also reaches ar, pld...
     if hub:
         return str(hub_folder(spec))
     if folder:
@@ -87,7 +98,7 @@ def resolve_drafter(method: str, target, spec: str | None, train: bool = True, o
             raise SpecbenchError(f"{spec} is neither a drafter nor a folder of drafters with a {method}/ drafter")
         return str(sub)
     with default_chat(target):
-        return _auto(drafter_class(method), method, target, train, options, recipe, progress, log)
+        return _auto(drafter_class(method), method, target, train, options, recipe, progress, log, defaulted)
 
 
 def load_drafter(cls: type[Drafter], path: str, target) -> Drafter:
@@ -108,29 +119,44 @@ def describe_drafter(path: str) -> dict | None:
     return published.describe(path) if published.is_published(path) else drafter_provenance(path)
 
 
-def _auto(cls, method, target, train, options, recipe, progress, log) -> str:
-    from specbench.training.data import parse_data_spec
+def _auto(cls, method, target, train, options, recipe, progress, log, defaulted: bool = False) -> str:
     from specbench.training.pipeline import train_drafter
-    from specbench.training.regen import RegenSettings, missing_prompts
 
     path = store_path(target, cls, options, recipe)
+    how = "--drafter auto" + (" (the default; --drafter PATH picks another)" if defaulted else "")
     if (path / "config.json").exists():
-        log(f"--drafter auto: using {path}")
+        log(f"{method}: using the stored standard drafter {path} ({how})")
         return str(path)
     what = f"{method} drafter for {target.name} (fingerprint {target.fingerprint})"
     if not train:
         raise SpecbenchError(f"no cached {what} in {path.parent}; train one with `specbench train --method {method} "
                              f"--target {target.name}` or drop --no-train")
     resumed = (path / "checkpoint").exists() or (path / "checkpoint.old").exists()
-    expected = (f"about {recipe.budget_minutes + OVERHEAD_MINUTES:.0f} minutes" if recipe.budget_minutes
-                else f"{recipe.steps} steps")
-    missing = missing_prompts(target, parse_data_spec(recipe.data), RegenSettings(recipe.max_new_tokens))
-    if missing:
-        expected += f", after generating {missing} responses of up to {recipe.max_new_tokens} tokens"
-    log(f"--drafter auto: no cached {what}; {'resuming' if resumed else 'training'} one with the standard "
-        f"recipe ({recipe.describe()}): expected {expected}. Pass --no-train to fail instead.")
+    log(f"{method}: no stored {what}; {'resuming' if resumed else 'training'} one once with the standard recipe "
+        f"({recipe.describe()}) into {path}: expected {expected_training(target, recipe)[1]}. {how}; "
+        "--no-train fails instead.")
     return str(train_drafter(cls, target, path, recipe, options=config_options(cls, options), progress=progress,
                              log=log))
+
+
+def expected_training(target, recipe: TrainingRecipe = STANDARD_CPU) -> tuple[float | None, str]:
+    """(minutes or None, words) an automatic training run takes on this machine: the budget is wall time
+    here, plus data preparation and the final eval; responses still to generate are named, not timed."""
+    from specbench.training.data import parse_data_spec
+    from specbench.training.regen import RegenSettings, missing_prompts
+
+    minutes = recipe.budget_minutes + OVERHEAD_MINUTES if recipe.budget_minutes else None
+    words = f"about {minutes:.0f} minutes on this machine" if minutes else f"{recipe.steps} steps"
+    missing = missing_prompts(target, parse_data_spec(recipe.data), RegenSettings(recipe.max_new_tokens))
+    if missing:
+        words += f", after generating {missing} responses of up to {recipe.max_new_tokens} tokens"
+    return minutes, words
+
+
+def missing_drafter(method: str, target, options: dict | None = None, recipe: TrainingRecipe = STANDARD_CPU) -> bool:
+    """Whether `--drafter auto` would have to train this method's drafter first (sweep estimates)."""
+    with default_chat(target):
+        return not (store_path(target, drafter_class(method), options, recipe) / "config.json").exists()
 
 
 @contextmanager
