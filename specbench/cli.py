@@ -72,23 +72,41 @@ def list_(what, results_dir):
         print_runs(ResultStore(results_dir).runs())
 
 
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise SpecbenchError(f"{name} takes positive integers separated by commas, e.g. 1,4,8; got {text!r}")
+    return values
+
+
 @cli.command()
 @click.option("--target", "-t", default="smollm2-135m", show_default=True)
-@click.option("--batch-sizes", default="1,8", show_default=True, help="comma-separated")
+@click.option("--batch-sizes", default="1,4,8", show_default=True, help="comma-separated")
 @click.option("--prompts", "n_prompts", type=int, default=8, show_default=True)
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--repeats", type=int, default=3, show_default=True)
 @click.option("--suite", default="gsm8k", show_default=True)
+@click.option("--pld-prompts", type=int, default=10, show_default=True, help="prompts for pld vs HF prompt lookup (0: skip)")
+@click.option("--pld-tokens", type=int, default=128, show_default=True)
+@click.option("--pld-depth", type=int, default=7, show_default=True, help="draft tokens (HF prompt_lookup_num_tokens)")
+@click.option("--pld-ngram", type=int, default=2, show_default=True, help="longest n-gram (HF max_matching_ngram_size)")
+@click.option("--verify-q", default="2,4,8,16", show_default=True, help="verification widths to time against q = 1")
 @click.option("--out", default="results/bench", show_default=True, type=click.Path(file_okay=False))
 @_friendly
-def bench(target, batch_sizes, n_prompts, max_new_tokens, repeats, suite, out):
-    """Benchmark the shared AR loop against plain HF `generate` (same prompts, one process)."""
-    from specbench.bench import bench_loop_vs_generate
+def bench(target, batch_sizes, n_prompts, max_new_tokens, repeats, suite, pld_prompts, pld_tokens, pld_depth, pld_ngram,
+          verify_q, out):
+    """The harness's runtime against HF: AR loop vs `generate`, pld vs prompt lookup, verify cost per width."""
+    from specbench.bench import run_bench
 
-    sizes = [int(x) for x in batch_sizes.split(",") if x.strip()]
-    if not sizes or min(sizes) < 1:
-        raise SpecbenchError("--batch-sizes must be positive integers, e.g. 1,8")
-    bench_loop_vs_generate(target, sizes, n_prompts, max_new_tokens, repeats, suite, out)
+    sizes = _int_list(batch_sizes, "--batch-sizes")
+    widths = _int_list(verify_q, "--verify-q")
+    if min(n_prompts, max_new_tokens, repeats, pld_tokens, pld_depth, pld_ngram) < 1 or pld_prompts < 0:
+        raise SpecbenchError("--prompts, --max-new-tokens, --repeats, --pld-* must be >= 1 (--pld-prompts >= 0)")
+    run_bench(target, sizes, n_prompts, max_new_tokens, repeats, suite, out, pld_prompts, pld_tokens, pld_depth,
+              pld_ngram, widths)
 
 
 @cli.command()

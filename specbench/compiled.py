@@ -31,11 +31,13 @@ def default_mode(device: torch.device) -> str:
     return "reduce-overhead" if device.type == "cuda" else "default"
 
 
-def compile_target(target, mode: str | None = None):
-    """Switch `target` to the compiled regime (in place; returns it)."""
+def compile_target(target, mode: str | None = None, backend: str = "inductor"):
+    """Switch `target` to the compiled regime (in place; returns it). `backend` other than inductor
+    (e.g. "aot_eager") traces the same graphs without generating kernels: the tests' quick check."""
     target.compile_mode = mode or default_mode(target.device)
     target.regime = "compiled"
-    target.compiled_model = torch.compile(target.model, mode=target.compile_mode, dynamic=False)
+    options = {"mode": target.compile_mode} if backend == "inductor" else {}
+    target.compiled_model = torch.compile(target.model, backend=backend, dynamic=False, **options)
     return target
 
 

@@ -70,6 +70,9 @@ def run_options(fn):
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda"),
         click.option("--dtype", default="auto", show_default=True, help="auto|float32|bfloat16"),
+        click.option("--regime", default="eager", show_default=True,
+                     help="eager | compiled (static KV cache + torch.compile'd decode forwards, CUDA graphs on GPU; "
+                          "both arms)"),
         click.option("--data-file", default=None, help="explicit suite data file"),
         click.option("--category", "category", multiple=True, metavar="NAME",
                      help="only this category of the suite (repeatable or comma-separated; e.g. spec_bench qa)"),
@@ -95,6 +98,7 @@ def config_from_options(o: dict):
         method=o["method"], suite=o["suite"], target=o["target"], temperature=o["temperature"],
         top_p=o["top_p"], top_k=o["top_k"], batch_size=o["batch_size"], depth=o["depth"], limit=o["limit"],
         max_new_tokens=o["max_new_tokens"], seed=o["seed"], device=o["device"], dtype=o["dtype"],
+        regime=o.get("regime", "eager"),
         drafter=o["drafter"], no_train=o.get("no_train", False),
         data_file=o["data_file"], system_prompt=o["system_prompt"],
         enable_thinking=o["enable_thinking"], warmup=o["warmup"],

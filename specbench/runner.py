@@ -58,6 +58,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    #: "eager", or "compiled" (`specbench.compiled`: static cache + captured decode forwards, both arms)
+    regime: str = "eager"
     drafter: str | None = None
     data_file: str | None = None
     system_prompt: str | None = None
@@ -72,6 +74,8 @@ class RunConfig:
     def validate(self) -> None:
         if self.batch_size < 1:
             raise SpecbenchError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.regime not in ("eager", "compiled"):
+            raise SpecbenchError(f"--regime must be eager or compiled, got {self.regime!r}")
         if self.temperature < 0:
             raise SpecbenchError(f"--temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -92,6 +96,8 @@ class RunConfig:
         fields = {k: getattr(self, k) for k in keys}
         if self.categories:  # only when set, so the cells of runs without it keep their hash
             fields["categories"] = sorted(self.categories)
+        if self.regime != "eager":  # likewise
+            fields["regime"] = self.regime
         blob = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:8]
 
@@ -191,6 +197,10 @@ class Runner:
         self.target = target or load_target(config.target, config.device, config.dtype,
                                             system_prompt=config.system_prompt or self.suite.system_prompt,
                                             enable_thinking=config.enable_thinking)
+        if config.regime == "compiled" and self.target.regime != "compiled":
+            from specbench.compiled import compile_target
+
+            compile_target(self.target)  # both arms run on this target: the regime applies to both alike
         self.sampling = SamplingConfig(config.temperature, config.top_p, config.top_k)
         from specbench.training.store import resolve_drafter
         drafter = resolve_drafter(config.method, self.target, config.drafter, train=not config.no_train,
