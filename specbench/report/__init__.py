@@ -25,6 +25,10 @@ def build_report(run_refs=(), results_dir: str | Path = "results", out: str | Pa
     pool = agg.Pool(complete)
     failed = agg.failed_sweep_cells(results_dir, sweep_ids)
     sections, alerts = build_sections(df, pool, incomplete, failed)
+    from specbench.report.roofline import roofline_section  # issue 20: only when profile files are present
+
+    if roofline := roofline_section(results_dir):
+        sections.insert(len(sections) - 1, roofline)  # before "All runs and their provenance"
     targets = sorted(df["target"].unique())
     facts = [("runs", str(len(df))), ("targets", ", ".join(targets)),
              ("methods", ", ".join(sorted(df["label"].unique()))), ("suites", ", ".join(sorted(df["suite"].unique()))),

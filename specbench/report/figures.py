@@ -74,6 +74,17 @@ def _wrap(label: str) -> str:
     return label.replace(" (", "\n(").replace(" · ", "\n")
 
 
+def _panel_grid(n: int, max_cols: int, panel_width: float, panel_height: float) -> tuple[Figure, np.ndarray]:
+    """A figure of `n` panels in rows of at most `max_cols` (call inside `_style()`); returns the `n` used axes."""
+    cols = min(n, max_cols)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(panel_width * cols + 0.5, panel_height * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
 def speedup_vs_batch(frame: pd.DataFrame, colors: dict, target: str) -> str | None:
     if frame.empty or frame["batch_size"].nunique() < 2:
         return None
@@ -150,11 +161,8 @@ def tau_histograms(frame: pd.DataFrame, colors: dict, target: str) -> str | None
             if r.tau_histogram and r.tau and max(int(k) for k in r.tau_histogram) > 1]
     if not rows:
         return None
-    cols = min(len(rows), 3)
-    n_rows = math.ceil(len(rows) / cols)
     with _style():
-        fig = Figure(figsize=(3.4 * cols + 0.5, 3.0 * n_rows), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(n_rows, cols, squeeze=False)).ravel()
+        fig, axes = _panel_grid(len(rows), 3, 3.4, 3.0)
         for ax, r in zip(axes, rows):
             lengths = sorted(int(k) for k in r.tau_histogram)
             counts = np.array([r.tau_histogram[str(k)] for k in lengths], dtype=float)
@@ -164,8 +172,6 @@ def tau_histograms(frame: pd.DataFrame, colors: dict, target: str) -> str | None
             ax.set(xlabel="tokens committed per step", ylabel="share of steps", title=_wrap(r.row_label))
             ax.title.set_fontsize(8.5)
             ax.set_xticks(lengths)
-        for ax in axes[len(rows):]:
-            ax.set_visible(False)
         fig.suptitle(f"{target}: τ histograms", fontsize=10)
         return to_base64(fig)
 
@@ -184,4 +190,42 @@ def per_position_acceptance(frame: pd.DataFrame, colors: dict, target: str) -> s
                title=f"{target}: per-position acceptance")
         ax.xaxis.get_major_locator().set_params(integer=True)
         _legend_right(ax)
+        return to_base64(fig)
+
+
+REGIME_STYLES = {"eager": dict(ls="-", marker="o"), "compiled": dict(ls="--", marker="s")}
+
+
+def latency_vs_roofline(frame: pd.DataFrame, title: str) -> str | None:
+    """Latency of one target forward vs q, one panel per batch size: each regime measured, and the roofline
+    (the larger of the memory and compute bounds) as a dotted line, both axes logarithmic (issue 20)."""
+    frame = frame[frame["status"] == "ok"]
+    if frame.empty:
+        return None
+    sizes = sorted(frame["batch"].unique())
+    with _style():
+        fig, axes = _panel_grid(len(sizes), 2, 5.2, 3.4)
+        for ax, size in zip(axes, sizes):
+            g = frame[frame["batch"] == size]
+            for regime, style in REGIME_STYLES.items():
+                r = g[g["regime"] == regime].sort_values("q")
+                if len(r):
+                    ax.plot(r["q"], r["latency_ms"], lw=1.6, label=regime, **style)
+            bound = g.drop_duplicates("q").sort_values("q")
+            ax.plot(bound["q"], bound["roofline_ms"], ls=":", lw=1.6, color="#333333", label="roofline")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            qs = sorted(g["q"].unique())
+            ax.set_xticks(qs, [str(q) for q in qs])
+            ax.minorticks_off()
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.set(xlabel="q (new tokens per row)", ylabel="ms per forward (median)", title=f"batch size {size}")
+            ax.title.set_fontsize(9)
+        fig.suptitle(title, fontsize=10)
+        legend = {}
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=3, fontsize=8, frameon=False)
         return to_base64(fig)
