@@ -285,3 +285,41 @@ def test_brute_force_enumerations_cover_every_outcome():
     assert sum(v for (n, _), v in chain.items() if n == 3) == pytest.approx(ratio[0] * ratio[1] * ratio[2])
     # every outcome is reachable: each accepted length 0..3 carries mass, each with a bonus distribution
     assert {n for n, _ in chain} == {0, 1, 2, 3} and len(chain) == 4 * V
+
+
+def _greedy_walk(tokens, parents, valid, target):
+    """Per-row reference: from the root, the first valid child (index order) whose token is the target's
+    argmax at the current node; returns (path, n, bonus)."""
+    path, cur = [0], 0
+    while True:
+        kids = [i for i, p in enumerate(parents) if p == cur and valid[i]]
+        nxt = next((k for k in kids if tokens[k] == target[cur]), None)
+        if nxt is None:
+            return path, len(path) - 1, target[cur]
+        path.append(nxt)
+        cur = nxt
+
+
+def test_vectorised_greedy_tree_acceptance_equals_the_walk_on_random_trees():
+    """Random forests with duplicate sibling tokens (the first matching child wins), padded trees and rows
+    cut by `TreeBatch.only` (stopped rows accept nothing)."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(400):
+        n, b = int(torch.randint(1, 16, (1,), generator=g)), 4
+        parents = torch.full((b, n), -1)
+        for i in range(1, n):
+            parents[:, i] = torch.randint(0, i, (b,), generator=g)
+        valid = torch.ones(b, n, dtype=torch.bool)
+        if trial % 3 == 0:
+            k = int(torch.randint(1, n + 1, (1,), generator=g))
+            valid[:, k:], parents[:, k:] = False, -1
+        trees = TreeBatch.from_parents(torch.randint(0, 3, (b, n), generator=g), parents, valid)
+        if trial % 5 == 0:
+            trees = trees.only(torch.tensor([True, False, True, False]))
+        target = torch.randint(0, 3, (b, n), generator=g)
+        path, n_acc, bonus = accept_tree_greedy(target, trees)
+        for r in range(b):
+            want, want_n, want_bonus = _greedy_walk(trees.tokens[r].tolist(), trees.parents[r].tolist(),
+                                                    trees.valid[r].tolist(), target[r].tolist())
+            got = [x for x in path[r].tolist() if x >= 0]
+            assert (got, int(n_acc[r]), int(bonus[r])) == (want, want_n, want_bonus), (trial, r)

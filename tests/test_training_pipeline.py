@@ -311,7 +311,8 @@ class FakeClock:
         from specbench.training import trainer
 
         self.now, self.calls, self.cost = 0.0, 0, cost
-        monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: self.now,
+        # the two clocks run with different origins, so code that mixes them measures nonsense
+        monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=lambda: self.now + 1e4,
                                                                    process_time=lambda: self.now))
         monkeypatch.setattr(trainer.torch, "get_num_threads", lambda: 1)
         real_loss = SkipHeadDrafter.loss

@@ -104,19 +104,30 @@ def accept_tree_greedy(target_tokens: torch.Tensor, trees: TreeBatch):
 
     target_tokens `[B, N]`: argmax at every tree node. Returns `(path [B, D+1], n_accepted [B],
     bonus [B])`; `path[b, :n+1]` are node indices, root first, −1 beyond.
+
+    Vectorised over the tree (no walk level by level, nothing read back): a node is taken when its token
+    is the target's argmax at its parent and no earlier sibling's is (the first child that matches);
+    the accepted path is the deepest node all of whose ancestors were taken (`trees.intra`).
     """
-    rows, cur, alive, path, n = _walk_start(trees)
-    for level in range(1, trees.max_depth + 1):
-        want = target_tokens[rows, cur]
-        nxt = torch.full_like(cur, -1)
-        for j in range(trees.children.shape[2]):
-            child = trees.children[rows, cur, j]  # [B], −1 = no such child
-            ok = alive & (nxt < 0) & (child >= 0) & (trees.tokens[rows, child.clamp_min(0)] == want)
-            nxt = torch.where(ok, child, nxt)
-        cur, alive = _walk_advance(cur, nxt, alive, path, n, level)
-        if not alive.any():
-            break
-    return path, n, target_tokens[rows, cur]
+    b, n = trees.tokens.shape
+    rows = torch.arange(b, device=trees.tokens.device)
+    parent = trees.parents.clamp_min(0)
+    linked = trees.parents >= 0
+    match = linked & (trees.tokens == target_tokens.gather(1, parent))  # [B, N]
+    node = torch.arange(n, device=trees.tokens.device)
+    earlier_sibling = ((trees.parents[:, None, :] == trees.parents[:, :, None]) & (node[None, :] < node[:, None])
+                       & linked[:, None, :])  # [B, N (node), N (sibling)]
+    taken = match & ~(earlier_sibling & match[:, None, :]).any(-1)
+    taken[:, 0] = True  # the root
+    accepted = ~(trees.intra & ~taken[:, None, :]).any(-1)  # every ancestor taken, itself included
+    depth = torch.where(accepted, trees.depths, -1)
+    deepest = depth.argmax(1)  # [B]; the accepted nodes form one path, so the deepest is unique
+    n_acc = trees.depths[rows, deepest]
+    on_path = trees.intra[rows, deepest]  # [B, N]: the path's nodes
+    levels = torch.arange(trees.max_depth + 1, device=trees.tokens.device)
+    at_level = on_path[:, None, :] & (trees.depths[:, None, :] == levels[None, :, None])  # [B, D+1, N]
+    path = torch.where(at_level.any(-1), at_level.float().argmax(-1), -1)
+    return path, n_acc, target_tokens[rows, deepest]
 
 
 def accept_tree(p: torch.Tensor, trees: TreeBatch, generator: torch.Generator | None):

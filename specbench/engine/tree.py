@@ -149,7 +149,11 @@ class TreeBatch:
     def only(self, active: torch.Tensor) -> "TreeBatch":
         """The same trees with nothing offered below the root of rows outside `active` (bool `[B]`):
         a stopped row's root has no children to try, so it accepts nothing (issue 19)."""
-        return dataclasses.replace(self, children=torch.where(active[:, None, None], self.children, -1))
+        keep = active[:, None]
+        root = torch.zeros_like(self.valid)
+        root[:, 0] = True
+        return dataclasses.replace(self, children=torch.where(active[:, None, None], self.children, -1),
+                                   parents=torch.where(keep, self.parents, -1), valid=self.valid & (keep | root))
 
     def to(self, device) -> "TreeBatch":
         move = lambda x: None if x is None else x.to(device)  # noqa: E731

@@ -426,7 +426,7 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
     eval_metrics = history[-1]["eval"] if history else {}  # a run stopped after its last checkpoint
     bar = tqdm(total=total, initial=step, desc=f"train {drafter.method}", unit="step", disable=not progress)
     while step < total:
-        t0 = time.perf_counter()
+        t0 = _clock(target.device)
         lr = lr_at(step, total, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
