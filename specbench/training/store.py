@@ -6,6 +6,10 @@ target, method, configuration, data and budget. With nothing cached it trains on
 recipe (budget.py), announcing the expected time first; `train=False` (`--no-train`) makes that an
 error instead. An interrupted automatic training leaves its checkpoint in that folder and the next
 `auto` resumes it.
+
+`SPEC@POINT` names the `--save-at` snapshot POINT (`min-005.0`, `step-000200`, ...) of the drafter SPEC
+resolves to, and `SPEC@final` SPEC itself: learning-curve sweeps (issue 22) name their cells this way,
+with no machine-specific path (`auto@min-005.0`). A snapshot is never trained on demand.
 """
 
 from __future__ import annotations
@@ -45,13 +49,29 @@ def store_path(target, cls: type[Drafter], options: dict | None = None,
     return cache_dir() / "drafters" / target.fingerprint / f"{name}-{key}"
 
 
+FINAL = "final"
+
+
+def split_snapshot(spec: str) -> tuple[str, str | None]:
+    """`"auto@min-005.0"` -> ("auto", "min-005.0"); a spec without `@` (or an existing path) -> (spec, None)."""
+    if "@" not in spec or Path(spec).exists():
+        return spec, None
+    base, _, point = spec.rpartition("@")
+    if not base or not point or "/" in point:
+        raise SpecbenchError(f"--drafter {spec!r}: a snapshot is named SPEC@POINT, e.g. auto@min-005.0 or DIR@final")
+    return base, point
+
+
 def resolve_drafter(method: str, target, spec: str | None, train: bool = True, options: dict | None = None,
                     recipe: TrainingRecipe = STANDARD_CPU, progress: bool = True, log=print) -> str | None:
     """A concrete drafter folder for `--drafter spec`: `None`, a drafter folder, a folder of drafters
     named after their methods (`DIR/eagle3/`, `DIR/flexdraft/`...: one `--drafter` for a whole sweep of
-    drafters trained elsewhere), or `auto`."""
+    drafters trained elsewhere), `auto`, or any of these `@POINT` (a snapshot of it)."""
     if spec is None:
         return None
+    base, point = split_snapshot(spec)
+    if point is not None:
+        return _snapshot(method, target, base, point, options, recipe, log)
     folder = spec != "auto" and Path(spec).is_dir() and not (Path(spec) / "config.json").exists()
     if spec != "auto" and not folder:
         return spec
@@ -92,6 +112,32 @@ def _auto(cls, method, target, train, options, recipe, progress, log) -> str:
         f"recipe ({recipe.describe()}): expected {expected}. Pass --no-train to fail instead.")
     return str(train_drafter(cls, target, path, recipe, options=config_options(cls, options), progress=progress,
                              log=log))
+
+
+def _snapshot(method, target, base, point, options, recipe, log) -> str | None:
+    from specbench.training.pipeline import SNAPSHOTS
+
+    if ":" not in method:
+        from specbench.methods import method_class
+
+        if not method_class(method).needs_drafter:
+            return None
+    if base == "auto":
+        with default_chat(target):
+            path = store_path(target, drafter_class(method), options, recipe)
+        if not (path / "config.json").exists():
+            raise SpecbenchError(f"no cached {method} drafter for {target.name} in {path.parent} to take snapshot "
+                                 f"{point} from; train one with `specbench train --method {method} --save-at ...`")
+        base = str(path)
+    folder = resolve_drafter(method, target, base, train=False, options=options, recipe=recipe, log=log)
+    if folder is None or point == FINAL:
+        return folder
+    snapshot = Path(folder) / SNAPSHOTS / point
+    if not (snapshot / "config.json").exists():
+        have = sorted(p.parent.name for p in (Path(folder) / SNAPSHOTS).glob("*/config.json"))
+        raise SpecbenchError(f"{folder} has no snapshot {point!r} (it has: {', '.join(have) or 'none'}; "
+                             f"`specbench train --save-at` keeps them)")
+    return str(snapshot)
 
 
 @contextmanager
