@@ -19,6 +19,7 @@ With one process every function here is a no-op, so single-process training is u
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import torch
@@ -63,6 +64,7 @@ def init_from_env(device: str) -> str:
     device = local_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        atexit.register(dist.destroy_process_group)  # NCCL warns at exit about groups left open
     return device
 
 
