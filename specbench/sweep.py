@@ -11,6 +11,9 @@ resumes a half-finished matrix (research/harness_anchors.md §5.4). The design t
   `results/sweeps/<sweep_id>.json` and the sweep goes on; the exit code says whether any failed.
 * Cells only differ in their `RunConfig`, so the local and the Ray executor (executors.py) run the
   very same `run_cell` and write the same records.
+* Learning curves (issue 22) are a sweep over drafters: the `snapshot` axis turns `--save-at` points
+  into `--drafter SPEC@POINT` cells (`snapshot_drafters`), so each snapshot is its own cell and its run
+  manifest carries the snapshot's training progress (`drafter_provenance`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ AXES = {
     "method": ("method", str),
     "seed": ("seed", int),
     "target": ("target", str),
+    "snapshot": ("snapshot", str),  # not a RunConfig field: drafters, see `snapshot_drafters`
 }
 
 #: YAML key (plural or singular) -> RunConfig field; each takes one value or a list (a grid axis).
@@ -49,6 +53,7 @@ YAML_AXES = {
     "seeds": "seed", "seed": "seed",
     "limits": "limit", "limit": "limit",
     "max_new_tokens": "max_new_tokens",
+    "snapshots": "snapshot", "snapshot": "snapshot",
 }
 #: YAML keys that set one value for every cell: every other RunConfig field (top_p, dtype, device, warmup, …).
 YAML_SCALARS = tuple(f.name for f in dataclasses.fields(RunConfig)
@@ -88,7 +93,8 @@ def cell_run_id(config: RunConfig) -> str:
     """Readable and deterministic: the same config always maps to the same run directory."""
     target = config.target.replace("/", "_").replace(".gguf", "")[-40:]
     depth = f"-d{config.depth}" if config.depth is not None else ""
-    return (f"{config.method}-{config.suite}-{target}-t{config.temperature:g}-b{config.batch_size}{depth}"
+    snapshot = f"@{config.drafter.rpartition('@')[2]}" if config.drafter and "@" in config.drafter else ""
+    return (f"{config.method}{snapshot}-{config.suite}-{target}-t{config.temperature:g}-b{config.batch_size}{depth}"
             f"-s{config.seed}-{config.cell_hash()}")
 
 
@@ -273,8 +279,80 @@ def _expand_method_options(axes: dict, method_options, path) -> None:
     axes["method+options"] = pairs
 
 
+def snapshot_drafters(drafter: str | None, points: list[str]) -> tuple[list[str], list[str]]:
+    """The `snapshot` axis as drafters: (specs crossed with the methods, drafter folders that bring their
+    own method).
+
+    A point is a snapshot name of `drafter` (default `auto`): `min-005.0` -> `auto@min-005.0`, `final` ->
+    `auto` (the finished drafter, the very cell a plain `--drafter auto` sweep has), `all` -> every
+    snapshot of a drafter folder; or a drafter folder itself: the run it holds, each snapshot and the
+    final drafter (a snapshot folder alone is one cell). Sweep files stay free of machine paths."""
+    from specbench.training.pipeline import SNAPSHOTS
+    from specbench.training.store import FINAL
+
+    base = drafter or "auto"
+    specs, folders = [], []
+
+    def run_of(folder: Path) -> list[str]:
+        snaps = sorted((p.parent for p in (folder / SNAPSHOTS).glob("*/config.json")), key=_progress)
+        return [str(p) for p in snaps] + [str(folder)]
+
+    for point in points:
+        path = Path(point).expanduser()
+        if (path / "config.json").is_file():
+            folders += run_of(path)
+        elif point == FINAL:
+            specs.append(base)
+        elif point == "all":
+            if not (Path(base) / "config.json").is_file():
+                raise SpecbenchError(f"snapshot 'all' needs --drafter DIR (a trained drafter folder), not {base!r}; "
+                                     "name the snapshots instead (e.g. min-005.0 final)")
+            folders += run_of(Path(base))
+        elif "/" in point or point.startswith("."):
+            raise SpecbenchError(f"snapshot {point!r}: no drafter there (config.json missing)")
+        else:
+            specs.append(f"{base}@{point}")
+    return list(dict.fromkeys(specs)), list(dict.fromkeys(folders))
+
+
+def _progress(folder: Path) -> tuple:
+    """Sort key of a snapshot folder: its training step."""
+    from specbench.training.drafter import drafter_provenance
+
+    info = drafter_provenance(folder) or {}
+    return (info.get("steps") or 0, folder.name)
+
+
+def _snapshot_cells(base: RunConfig, axes: dict[str, list]) -> list[Cell]:
+    """Cells of a grid with a `snapshot` axis: drafter specs crossed with the other axes, drafter folders
+    paired with their own method; methods without a drafter get one cell, not one per snapshot."""
+    from specbench.methods import method_class
+    from specbench.training.drafter import read_drafter_config
+    from specbench.training.store import split_snapshot
+
+    rest = {k: v for k, v in axes.items() if k != "snapshot"}
+    specs, folders = snapshot_drafters(base.drafter, axes["snapshot"])
+    cells = grid_cells(base, {**rest, "drafter": specs}) if specs else []
+    solo = {k: v for k, v in rest.items() if k not in ("method", "method+options")}
+    for folder in folders:
+        method = read_drafter_config(Path(folder))["method"]
+        cells += grid_cells(base, {**solo, "method": [method], "drafter": [folder]})
+    out, seen = [], set()
+    for cell in cells:
+        if ":" not in cell.config.method and not method_class(cell.config.method).needs_drafter:
+            config = dataclasses.replace(cell.config, drafter=split_snapshot(cell.config.drafter)[0])
+            cell = Cell(config, cell_run_id(config))
+        if cell.run_id not in seen:
+            seen.add(cell.run_id)
+            out.append(cell)
+    return out
+
+
 def grid_cells(base: RunConfig, axes: dict[str, list]) -> list[Cell]:
-    """`expand` that also understands the paired `method+options` axis from a sweep file."""
+    """`expand` that also understands the paired `method+options` axis from a sweep file and the
+    `snapshot` axis."""
+    if "snapshot" in axes:
+        return _snapshot_cells(base, axes)
     if "method+options" not in axes:
         return expand(base, axes)
     pairs = axes["method+options"]

@@ -10,6 +10,7 @@ import subprocess
 from html import unescape
 from html.parser import HTMLParser
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -26,11 +27,11 @@ TARGET = "fake-8b"
 
 def fake_run(root, method, *, suite="gsm8k", temperature=0.0, batch_size=1, depth=None, seed=0, options=None,
              faithful=None, notes=None, n_prompts=4, accept=0.6, drafter_parameters=0, tokens_per_forward=1,
-             default_depth=None, status="complete"):
+             default_depth=None, status="complete", drafter=None):
     """A stored run with every field the report reads; drafting methods commit 1..depth+1 tokens per step
     and their step costs grow with depth and batch size, so the curves have a shape."""
     config = RunConfig(method=method, suite=suite, target=TARGET, temperature=temperature, batch_size=batch_size,
-                       depth=depth, seed=seed, method_options=options or {})
+                       depth=depth, seed=seed, method_options=options or {}, drafter=drafter)
     run_id = cell_run_id(config)
     depth_used = depth if depth is not None else default_depth
     rng = random.Random(run_id)
@@ -331,3 +332,72 @@ def test_browser_renders_the_page_with_the_runs_numbers(tmp_path):
         assert speedup in runs_table and f"{s['tau']:.2f}" in runs_table
         if s["batch_size"] == 1:  # the headline batch size: the main table shows this run's numbers
             assert speedup in main_table and ci
+
+
+# -- learning curves (issue 22) ------------------------------------------------------------------------------
+MINUTES = (2.5, 5.0, 10.0, 20.0, 25.0)
+CURVES = {  # τ at each point: flexdraft starts low and passes eagle3 between 10 and 20 min on gsm8k
+    "gsm8k": {"flexdraft": (1.5, 1.8, 2.1, 2.6, 2.7), "eagle3": (2.0, 2.2, 2.3, 2.4, 2.45),
+              "dflash": (2.2, 2.5, 2.7, 2.9, 3.0)},
+    "mtbench": {"flexdraft": (1.2, 1.3, 1.4, 1.5, 1.55), "eagle3": (1.6, 1.7, 1.8, 1.85, 1.9),
+                "dflash": (1.1, 1.15, 1.2, 1.25, 1.3)},
+}
+
+
+def make_curves(root):
+    """Each method's snapshots (and final drafter, at 25 min) on two suites, τ set exactly; an AR run beside."""
+    fake_run(root, "ar")
+    for suite, taus in CURVES.items():
+        for method, values in taus.items():
+            for i, (minutes, tau) in enumerate(zip(MINUTES, values)):
+                final = i == len(MINUTES) - 1
+                point = None if final else f"min-{minutes:05.1f}"
+                run_dir = fake_run(root, method, suite=suite, default_depth=4, drafter=f"auto@{point}" if point else "auto")
+                run = f"/store/{method}-abc"
+                run_dir.update_manifest(drafter={
+                    "path": run if final else f"{run}/snapshots/{point}", "run": run, "steps": 10 * (i + 1),
+                    "train_seconds": minutes * 60, "tokens_seen": int(minutes * 1000), "device": "cpu",
+                    "eval_acc": 0.1 * (i + 1), "snapshot": None if final else f"{minutes}m"})
+                run_dir.write_summary({**run_dir.read_summary(), "tau": tau, "speedup_decode": tau / 2})
+
+
+def test_learning_curves_plot_each_run_and_state_the_crossings(tmp_path):
+    from specbench.report import curves
+
+    make_curves(tmp_path)
+    df, pool, _, _ = _frame(tmp_path)
+    frame = curves.curve_frame(df, agg.headline(df), pool)
+    assert len(frame) == 2 * 3 * 5 and curves.equal_budget(frame) == 25.0  # ar has no drafter, no curve
+    sentences = curves.crossing_sentences(frame)
+    assert "gsm8k: flexdraft's τ passes eagle3's at ~15.0 min / ~15,000 tokens (+0.25 at 25.0 min)." in sentences
+    assert any(s.startswith("gsm8k: flexdraft's τ does not pass dflash's within the budget measured (up to "
+                            "~25.0 min / ~25,000 tokens; -0.30 at the end)") for s in sentences)
+    assert "mtbench: flexdraft's τ is above dflash's at every training time measured (from 2.5 to 25.0 min)." \
+        in sentences
+    assert len(sentences) == 4  # flexdraft against each other method, per suite
+    # every other section shows each method's most-trained drafter, not a snapshot
+    main = agg.main_frame(df, agg.headline(df), pool)
+    assert main.set_index(["label", "suite"]).loc[("flexdraft", "gsm8k"), "tau"] == 2.7
+
+    files = build_report(results_dir=tmp_path, out=tmp_path / "r.html")
+    html = unescape(files.html.read_text())
+    assert '<section id="curves">' in html and "Equal-budget slice: 25.0 min" in html
+    assert "flexdraft's τ passes eagle3's at ~15.0 min / ~15,000 tokens" in html
+    assert html.count('src="data:image/png;base64,') >= 3 + 2  # two suites and the held-out accuracy, + others
+    table = pd.read_csv(files.csv_dir / f"curves-{TARGET}.csv")
+    assert len(table) == 30 and set(table["drafter_snapshot"].dropna()) == {"2.5m", "5.0m", "10.0m", "20.0m"}
+
+
+def test_crossings_back_and_forth_and_without_a_focus_method():
+    from specbench.report import curves
+
+    def rows(curve, method, taus, minutes=(1, 2, 3, 4)):
+        return [{"curve": curve, "label": curve, "method": method, "suite": "s", "minutes": m, "tau": t,
+                 "drafter_tokens_seen": None} for m, t in zip(minutes, taus)]
+
+    frame = pd.DataFrame(rows("flexdraft", "flexdraft", (1, 3, 3, 1)) + rows("mtp", "mtp", (2, 2, 2, 2)))
+    assert curves.crossing_sentences(frame) == [
+        "s: flexdraft's τ passes mtp's at ~1.5 min, then falls back below mtp's at ~3.5 min (-1.00 at 4.0 min)."]
+    frame = pd.DataFrame(rows("bita", "bita", (1, 2), (1, 2)) + rows("mtp", "mtp", (1.5, 1.5, 1.5), (1.5, 2.5, 9)))
+    assert curves.crossing_sentences(frame) == [  # no flexdraft: every pair; only the overlap is read
+        "s: bita's τ is level with or above mtp's at every training time measured (from 1.5 to 2.0 min)."]

@@ -358,3 +358,80 @@ def test_ray_tasks_ask_for_a_gpu_only_for_cuda_cells(monkeypatch):
     cpu = ex.task_options(RunConfig(method="ar", suite="gsm8k", device="cpu"), cluster_gpus=4)
     assert cuda["num_gpus"] == 1 and auto_gpu["num_gpus"] == 1 and cpu["num_gpus"] == 0
     assert cpu["num_cpus"] == 2 and cpu["runtime_env"]["env_vars"]["SPECBENCH_DATA_DIR"] == "/data"
+
+
+# -- learning curves: the snapshot axis (issue 22) -------------------------------------------------------
+def _fake_drafter(folder: Path, method: str, step: int | None = None) -> Path:
+    from specbench.training.drafter import FORMAT
+
+    folder.mkdir(parents=True)
+    training = {"snapshot": {"save_at": f"{step}", "step": step, "train_seconds": step, "tokens_seen": 10 * step}} \
+        if step else {"budget": {"steps": 9}}
+    (folder / "config.json").write_text(json.dumps({"format": FORMAT, "method": method, "training": training}))
+    return folder
+
+
+def test_snapshot_axis_makes_one_cell_per_drafter_point(tmp_path):
+    file = tmp_path / "curves.yaml"
+    file.write_text("methods: [ar, eagle3, flexdraft]\nsuites: [gsm8k]\ndrafter: auto\n"
+                    "snapshots: [min-005.0, final]\n")
+    grid, scalars = yaml_grid(file)
+    base = RunConfig(method="ar", suite="gsm8k", target="tiny-random-llama", **scalars)
+    cells = grid_cells(base, grid)
+    assert [(c.config.method, c.config.drafter) for c in cells] == [
+        ("ar", "auto"), ("eagle3", "auto@min-005.0"), ("eagle3", "auto"), ("flexdraft", "auto@min-005.0"),
+        ("flexdraft", "auto")]
+    assert cells[1].run_id.startswith("eagle3@min-005.0-gsm8k-")
+    plain = grid_cells(base, {"method": ["eagle3"]})  # `final` is the cell a plain --drafter auto sweep runs
+    assert plain[0].run_id == cells[2].run_id
+
+    run = _fake_drafter(tmp_path / "eagle3-run", "eagle3")
+    for step in (40, 5):
+        _fake_drafter(run / "snapshots" / f"step-{step:06d}", "eagle3", step)
+    cells = grid_cells(RunConfig(method="ar", suite="gsm8k"), axis_grid("snapshot", [str(run)]))
+    assert [(c.config.method, Path(c.config.drafter).name) for c in cells] == [
+        ("eagle3", "step-000005"), ("eagle3", "step-000040"), ("eagle3", "eagle3-run")]  # in training order
+    one = grid_cells(RunConfig(method="ar", suite="gsm8k"), axis_grid("snapshot", [str(run / "snapshots" /
+                                                                                        "step-000005")]))
+    assert len(one) == 1 and one[0].config.method == "eagle3"
+    alls = grid_cells(RunConfig(method="eagle3", suite="gsm8k", drafter=str(run)), axis_grid("snapshot", ["all"]))
+    assert [c.run_id for c in alls] == [c.run_id for c in cells]
+    with pytest.raises(SpecbenchError, match="snapshot 'all' needs --drafter DIR"):
+        grid_cells(RunConfig(method="eagle3", suite="gsm8k"), axis_grid("snapshot", ["all"]))
+    with pytest.raises(SpecbenchError, match="no drafter there"):
+        grid_cells(RunConfig(method="eagle3", suite="gsm8k"), axis_grid("snapshot", [str(tmp_path / "none")]))
+
+
+def test_snapshot_cells_run_each_snapshot_and_record_its_progress(tmp_path, monkeypatch, tiny_llama):
+    """`sweep snapshot step-000001 final --drafter auto`: the store's drafter at its snapshot and at the end,
+    each run's manifest saying how far it was trained."""
+    import dataclasses
+
+    from specbench.methods.eagle3 import Eagle3Drafter
+    from specbench.training.budget import STANDARD_CPU
+    from specbench.training.pipeline import train_drafter
+    from specbench.training.store import store_path
+
+    monkeypatch.setenv("SPECBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    small = dataclasses.replace(STANDARD_CPU, data="gsm8k:6", max_new_tokens=8, max_length=256, budget_minutes=None,
+                                steps=2, batch_size=2, eval_size=2)
+    folder = store_path(tiny_llama, Eagle3Drafter)  # where --drafter auto looks (standard recipe)
+    train_drafter(Eagle3Drafter, tiny_llama, folder, small, overrides={"save_at": ("1",)}, progress=False,
+                  log=lambda s: None)
+    results = tmp_path / "results"
+    res = CliRunner().invoke(cli, ["sweep", "snapshot", "step-000001", "final", "--method", "eagle3", "--drafter",
+                                   "auto", "--no-train", "--limit", "1", "--max-new-tokens", "4", "--results-dir",
+                                   str(results), *TINY])
+    assert res.exit_code == 0, res.output
+    blocks = {}
+    for manifest in results.glob("*/manifest.json"):
+        m = json.loads(manifest.read_text())
+        blocks[m["config"]["drafter"]] = m["drafter"]
+    assert set(blocks) == {"auto@step-000001", "auto"}
+    snap, final = blocks["auto@step-000001"], blocks["auto"]
+    assert (snap["snapshot"], snap["steps"], snap["total_steps"], snap["run"]) == ("1", 1, 2, str(folder))
+    assert final["snapshot"] is None and final["steps"] == 2 and final["run"] == str(folder)
+    assert 0 < snap["tokens_seen"] < final["tokens_seen"] and "tokens_seen_estimated" not in final
+    res = CliRunner().invoke(cli, ["run", "--method", "eagle3", "--drafter", "auto@min-009.0", "--no-train",
+                                   "--limit", "1", "--results-dir", str(results), *TINY])
+    _one_line_error(res, "has no snapshot 'min-009.0' (it has: step-000001")

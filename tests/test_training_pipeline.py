@@ -506,3 +506,28 @@ def test_save_at_keeps_snapshots_of_one_run_without_changing_it(tiny_llama, exam
         parse_save_point("1.5")
     with pytest.raises(SpecbenchError, match="save-at"):
         parse_save_point("ten")
+
+
+def test_drafter_provenance_of_snapshots_and_of_drafters_saved_before_tokens_were_counted(tiny_llama, examples,
+                                                                                          tmp_path):
+    """Learning curves need each drafter's point of its run: a snapshot's own step, seconds and tokens,
+    and for final drafters from before `tokens_seen` was stored, one session's rate x its time, flagged."""
+    from specbench.training.drafter import drafter_provenance
+    from specbench.training.pipeline import SNAPSHOTS, train_drafter
+
+    out = train_drafter(SkipHeadDrafter, tiny_llama, tmp_path / "run", dataclasses.replace(RECIPE, steps=4),
+                        overrides={"save_at": ("2",)}, progress=False, log=lambda s: None)
+    final, snap = drafter_provenance(out), drafter_provenance(out / SNAPSHOTS / "step-000002")
+    assert (snap["snapshot"], snap["steps"], snap["total_steps"], snap["run"]) == ("2", 2, 4, str(out))
+    assert (final["snapshot"], final["steps"], final["run"]) == (None, 4, str(out))
+    assert 0 < snap["tokens_seen"] < final["tokens_seen"] and snap["train_seconds"] <= final["train_seconds"]
+    cfg = json.loads((out / "config.json").read_text())
+    budget = cfg["training"]["budget"]
+    del budget["tokens_seen"]
+    budget.update(tokens_per_s=100.0, train_seconds=3.0, train_seconds_last_session=3.0)
+    (out / "config.json").write_text(json.dumps(cfg))
+    old = drafter_provenance(out)
+    assert old["tokens_seen"] == 300 and old["tokens_seen_estimated"] is True
+    budget["train_seconds"] = 5.0  # resumed: one session's rate says nothing about the other
+    (out / "config.json").write_text(json.dumps(cfg))
+    assert drafter_provenance(out)["tokens_seen"] is None

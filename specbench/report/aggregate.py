@@ -141,8 +141,9 @@ def _max_load(manifest: dict, hardware: dict) -> float | None:
 
 
 def _drafter_training(manifest: dict) -> dict:
-    """Steps, wall time and device of the run's drafter: from the manifest's `drafter` block, or, for runs
-    recorded before it existed, from the drafter folder if it is still there."""
+    """Steps, wall time, tokens seen and device of the run's drafter, and the training run it belongs to
+    (learning curves): from the manifest's `drafter` block, or, for runs recorded before a field existed,
+    from the drafter folder if it is still there."""
     from specbench.training.drafter import drafter_provenance
 
     d = manifest.get("drafter")
@@ -150,8 +151,16 @@ def _drafter_training(manifest: dict) -> dict:
     if d is None and isinstance(path, str):
         d = drafter_provenance(path)
     d = d or {}
+    if "run" not in d and d.get("path"):
+        d = {**(drafter_provenance(d["path"]) or {}), **d}
+    run = d.get("run")
+    if run is None and d.get("path"):
+        folder = Path(d["path"])
+        run = str(folder.parent.parent if folder.parent.name == "snapshots" else folder)
     return {"drafter_steps": d.get("steps"), "drafter_train_seconds": d.get("train_seconds"),
-            "drafter_train_device": d.get("device"), "drafter_eval_acc": d.get("eval_acc")}
+            "drafter_train_device": d.get("device"), "drafter_eval_acc": d.get("eval_acc"),
+            "drafter_tokens_seen": d.get("tokens_seen"), "drafter_snapshot": d.get("snapshot"),
+            "drafter_path": d.get("path"), "drafter_run": run}
 
 
 def run_row(run: LoadedRun) -> dict:
@@ -236,8 +245,9 @@ class Pool:
 
 
 def one_per_seed(df: pd.DataFrame) -> pd.DataFrame:
-    """Runs of one cell but another limit: keep the largest (then newest) per seed, so prompts never repeat."""
-    return (df.sort_values(["n_prompts", "created"], na_position="first", kind="stable")
+    """Runs of one cell but another limit or drafter: keep the most-trained drafter (a learning-curve sweep
+    has one run per snapshot), then the largest and newest per seed, so prompts never repeat."""
+    return (df.sort_values(["drafter_train_seconds", "n_prompts", "created"], na_position="first", kind="stable")
               .drop_duplicates(["target", "label", "suite", "temperature", "batch_size", "depth_key", "seed"],
                                keep="last"))
 
@@ -401,7 +411,8 @@ def cost_frame(df: pd.DataFrame, head: Headline, pool: Pool) -> pd.DataFrame:
     for (label, depth_key), runs in df.groupby(["label", "depth_key"]):
         hot = runs[runs["temperature"] == head.temperature]
         s = pool.stats(one_per_seed(hot if len(hot) else runs)["run_id"])
-        first = runs.iloc[0]
+        trained = runs["drafter_train_seconds"].dropna()
+        first = runs.loc[trained.idxmax()] if len(trained) else runs.iloc[0]  # the most-trained drafter
         tau, per_forward = s.get("tau"), first["tokens_per_target_forward"]
         row = {"label": label, "depth_key": depth_key, "depth": first["depth"],
                "drafter_parameters": first["drafter_parameters"], "tokens_per_target_forward": per_forward,

@@ -12,6 +12,7 @@ import io
 import math
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -228,4 +229,57 @@ def latency_vs_roofline(frame: pd.DataFrame, title: str) -> str | None:
             for handle, label in zip(*ax.get_legend_handles_labels()):
                 legend.setdefault(label, handle)
         fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=3, fontsize=8, frameon=False)
+        return to_base64(fig)
+
+
+def _training_axes(ax, frame: pd.DataFrame, x: str, y: str, colors: dict, slice_mask, slice_minutes) -> None:
+    """One line per curve (training run); the equal-budget slice as a dashed line (time) or ringed points."""
+    for curve, g in frame.groupby("curve", sort=True):
+        g = g.sort_values(x)
+        ax.plot(g[x], [_nan(v) for v in g[y]], marker="o", lw=1.6, label=curve, color=colors.get(g["label"].iloc[0]))
+    ringed = frame[slice_mask.reindex(frame.index, fill_value=False)]
+    if x == "minutes":
+        ax.axvline(slice_minutes, ls="--", lw=1, color="#333333", label=f"equal budget ({slice_minutes:.1f} min)")
+    elif len(ringed):
+        ax.scatter(ringed[x], [_nan(v) for v in ringed[y]], s=130, facecolors="none", edgecolors="#333333",
+                   lw=1.2, zorder=3, label=f"equal budget ({slice_minutes:.1f} min)")
+    if len(frame) and (frame[x] > 0).all():
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        if x == "minutes":  # the snapshot times themselves, as plain numbers
+            ticks = sorted({round(float(v), 1) for v in frame[x]})
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=7.5)
+        else:
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1, 2, 5)))
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: _short_count(v)))
+
+
+def _short_count(v: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:g}{unit}"
+    return f"{v:g}"
+
+
+def learning_curves(frame: pd.DataFrame, colors: dict, title: str, slice_minutes: float,
+                    rows: tuple[tuple[str, str], ...]) -> str | None:
+    """`rows` (column, y label) against training minutes (left) and tokens seen (right), one line per run."""
+    from specbench.report.curves import slice_points
+
+    if frame.empty:
+        return None
+    mask = slice_points(frame, slice_minutes)
+    with _style():
+        fig = Figure(figsize=(10, 3.3 * len(rows)), layout="constrained")
+        axes = np.atleast_2d(fig.subplots(len(rows), 2, squeeze=False))
+        for (y, ylabel), (ax_time, ax_tokens) in zip(rows, axes):
+            for ax, x, xlabel in ((ax_time, "minutes", "training wall time (min)"),
+                                  (ax_tokens, "drafter_tokens_seen", "training tokens seen")):
+                _training_axes(ax, frame.dropna(subset=[x]), x, y, colors, mask, slice_minutes)
+                ax.set(xlabel=xlabel, ylabel=ylabel)
+            if y == "speedup_decode":
+                _ar_line(ax_tokens)
+                _ar_line(ax_time)
+        _legend_right(axes[0][1])
+        fig.suptitle(title, fontsize=10)
         return to_base64(fig)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from specbench.report import aggregate as agg
-from specbench.report import figures
+from specbench.report import curves, figures
 from specbench.report.tables import Cell, Table, count, num, pct, slug, speedup_cell
 
 SPEEDUP_NOTE = ("Speedup = AR time per output token ÷ method time per output token, AR run through the same "
@@ -338,6 +338,54 @@ def cost_items(target, df, head, pool) -> list:
                          "+ mask tokens per forward; ÷ τ gives the target work per output token.")]
 
 
+def learning_curve_items(target, df, head, pool, colors) -> list:
+    """τ, decode speedup and held-out accuracy against training time and tokens, one line per training
+    run, the equal-budget slice marked, crossings in words (curves.py)."""
+    frame = curves.curve_frame(df, head, pool)
+    if frame.empty:
+        return [Note("No learning curves: keep snapshots with `specbench train --save-at 2.5m,5m,10m,20m`, then run "
+                     "one cell per snapshot with `specbench sweep snapshot min-002.5 min-005.0 min-010.0 min-020.0 "
+                     "final --method M --drafter auto` (or `--config benchmarks/learning_curves_cpu.yaml`).")]
+    minutes = curves.equal_budget(frame)
+    items = [Note(f"Equal-budget slice: {minutes:.1f} min of training, the longest time every curve reached "
+                  f"(T={head.temperature:g}, batch size {head.batch_size}). Crossings are read on the time axis, "
+                  "interpolated between measured points.")]
+    for metric, symbol in (("tau", "τ"), ("speedup_decode", "decode speedup")):
+        sentences = curves.crossing_sentences(frame, metric, symbol)
+        if sentences:
+            items.append(Note(" ".join(sentences)))
+    for suite in sorted(frame["suite"].unique()):
+        png = figures.learning_curves(frame[frame["suite"] == suite], colors, f"{target} · {suite}: learning curves",
+                                      minutes, (("tau", "τ (tokens / verify forward)"),
+                                                ("speedup_decode", "speedup vs AR (decode-only)")))
+        items.append(Fig(png, f"{target} {suite} learning curves"))
+    held = frame.drop_duplicates("drafter_path").assign(suite="held-out")
+    png = figures.learning_curves(held, colors, f"{target}: held-out top-1 accuracy of the drafters", minutes,
+                                  (("drafter_eval_acc", "held-out accuracy"),))
+    items.append(Fig(png, f"{target} held-out accuracy", "Each method's own accuracy (its loss's top-1), "
+                     "so levels are comparable within a method, not across methods."))
+    suites = sorted(frame["suite"].unique())
+    rows = []
+    for (curve, path), g in frame.groupby(["curve", "drafter_path"], sort=False):
+        first = g.iloc[0]
+        cells = [Cell(curve), Cell(str(first["drafter_snapshot"]) if pd.notna(first["drafter_snapshot"]) else "final"),
+                 Cell(num(first["drafter_steps"], 0)), Cell(num(first["minutes"], 1)),
+                 Cell(count(first["drafter_tokens_seen"])), Cell(num(first["drafter_eval_acc"]))]
+        for suite in suites:
+            r = _lookup(g, suite=suite)
+            cells += [Cell("—", muted=True)] * 2 if r is None else [
+                Cell(num(r["tau"])), speedup_cell(r["speedup_decode"], [r["speedup_decode_lo"], r["speedup_decode_hi"]])]
+        rows.append(cells)
+    data = frame.drop(columns=["run_ids", "tau_histogram", "per_position_acceptance", "latency_ms"], errors="ignore")
+    items.append(Table(slug("curves", target), f"{target}: τ and decode speedup along each training run",
+                       ["run", "snapshot", "step", "training min", "tokens seen", "held-out acc"]
+                       + ["τ", "speedup (decode-only)"] * len(suites), rows, data.assign(target=target),
+                       "One row per drafter of a training run (`--save-at` snapshots, then the final drafter); seeds "
+                       "pooled. Tokens: non-pad tokens through the drafter so far.",
+                       [("", 6)] + [(s, 2) for s in suites]))
+    return items
+
+
 def method_notes(df: pd.DataFrame) -> tuple[list, list[str]]:
     """(notes for the section, one-line alerts for the page header): every method marked not faithful
     to its paper gets a clear warning; any other notes a method attaches are shown as they are."""
@@ -426,6 +474,9 @@ def build_sections(df: pd.DataFrame, pool: agg.Pool, incomplete: list,
     multi = len(targets) > 1
     per_target = {name: Section(sid, title, intro) for sid, name, title, intro in (
         ("main", "main", "Main table: τ and speedup per suite", SPEEDUP_NOTE),
+        ("curves", "curves", "Learning curves: τ against training", "Each method's drafters along one training run "
+         "(issue 22): a method that learns slowly but ends higher and one that saturates early look the same at "
+         "a single budget."),
         ("batch", "batch", "Speedup vs batch size", "Where speculation stops paying: AR gets cheaper per "
          "token as the batch grows, while every draft token is verified for every row."),
         ("temperature", "temperature", "Temperature", ""),
@@ -441,6 +492,7 @@ def build_sections(df: pd.DataFrame, pool: agg.Pool, incomplete: list,
         head = agg.headline(df_t)
         content = {
             "main": main_tables(target, df_t, head, pool),
+            "curves": learning_curve_items(target, df_t, head, pool, colors),
             "batch": batch_items(target, df_t, head, pool, colors),
             "temperature": temperature_items(target, df_t, head, pool),
             "depth": depth_items(target, df_t, head, pool, colors),

@@ -42,32 +42,44 @@ def regen_command(friendly) -> click.Command:
     @click.option("--seed", type=int, default=0, show_default=True, help="sampling seed (temperature > 0)")
     @click.option("--limit", type=int, default=None, help="at most N prompts per set")
     @click.option("--batch-size", "-b", type=int, default=8, show_default=True)
+    @click.option("--shard", default=None, metavar="I/N",
+                  help="generate every N-th prompt from the I-th (0-based), one process per GPU, all into the same "
+                       "corpus files (default under torchrun: RANK/WORLD_SIZE)")
     @_target_options
     @friendly
-    def regen(data, max_new_tokens, temperature, seed, limit, batch_size, **o):
+    def regen(data, max_new_tokens, temperature, seed, limit, batch_size, shard, **o):
         """Generate the target's own responses to training prompts (resumable, cached by target fingerprint)."""
         import dataclasses
 
         from specbench.errors import SpecbenchError
+        from specbench.training import distributed
         from specbench.training.data import parse_data_spec
-        from specbench.training.regen import RegenSettings, regenerate
+        from specbench.training.hub_prompts import resolve_sources
+        from specbench.training.regen import RegenSettings, parse_shard, regenerate
 
         if max_new_tokens < 1 or temperature < 0 or (limit is not None and limit < 1):
             raise SpecbenchError("--max-new-tokens and --limit must be >= 1 and --temperature >= 0")
-        sources = parse_data_spec(data)
+        part = parse_shard(shard) if shard is not None else distributed.env_shard()
+        sources = resolve_sources(parse_data_spec(data), log=click.echo)
         if limit is not None:
             sources = [dataclasses.replace(s, limit=min(limit, s.limit or limit)) for s in sources]
-        target = _load(o)
+        target = _load({**o, "device": distributed.local_device(o["device"])})
         settings = RegenSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         for source in sources:
-            click.echo(regenerate(target, source, settings, batch_size=batch_size, progress=o["progress"]).line())
+            click.echo(regenerate(target, source, settings, batch_size=batch_size, progress=o["progress"],
+                                  shard=part).line())
     return regen
 
 
 def train_command(friendly) -> click.Command:
     @click.command(name="train")
     @click.option("--method", "-m", required=True, help="method name, or module:DrafterClass")
-    @click.option("--data", default=None, help="prompt sets NAME[:N],... (default: the standard recipe's)")
+    @click.option("--recipe", type=click.Choice(["standard", "paper"]), default="standard", show_default=True,
+                  help="standard: the CPU budget every method shares; paper: the papers' data and steps")
+    @click.option("--dry-run", is_flag=True, help="print the plan and its cost from a step time measured here; no training")
+    @click.option("--step-seconds", type=float, default=None,
+                  help="with --dry-run: a step time measured elsewhere (one device, all micro-batches of a step)")
+    @click.option("--data", default=None, help="prompt sets NAME[:N],... (default: the recipe's)")
     @click.option("--steps", type=int, default=None, help="optimizer steps (instead of the time budget)")
     @click.option("--budget-minutes", type=float, default=None, help="training wall time (standard: 25)")
     @click.option("--out", default=None, type=click.Path(file_okay=False),
@@ -86,20 +98,26 @@ def train_command(friendly) -> click.Command:
                   help="drafter configuration field (repeatable)")
     @_target_options
     @friendly
-    def train(method, data, steps, budget_minutes, out, batch_size, grad_accum, lr, max_length, max_new_tokens,
-              eval_every, seed, save_at, method_option, **o):
-        """Train a method's drafter on the target's own responses (resumes an interrupted run in --out)."""
+    def train(method, recipe, dry_run, step_seconds, data, steps, budget_minutes, out, batch_size, grad_accum, lr,
+              max_length, max_new_tokens, eval_every, seed, save_at, method_option, **o):
+        """Train a method's drafter on the target's own responses (resumes an interrupted run in --out).
+
+        Several processes: `torchrun --nproc-per-node N --no-python specbench train ...` (DDP; the global batch
+        stays batch size x grad-accum, so grad-accum must be a multiple of N)."""
         import dataclasses
 
         from specbench.errors import SpecbenchError
         from specbench.options import parse_options
-        from specbench.training.budget import STANDARD_CPU
+        from specbench.training import distributed
+        from specbench.training.budget import RECIPES
         from specbench.training.drafter import drafter_class
-        from specbench.training.pipeline import train_drafter
+        from specbench.training.pipeline import plan_report, train_drafter
         from specbench.training.store import config_options, store_path
 
         if steps is not None and budget_minutes is not None:
             raise SpecbenchError("give either --steps or --budget-minutes, not both")
+        if step_seconds is not None and (not dry_run or step_seconds <= 0):
+            raise SpecbenchError("--step-seconds takes a positive step time and goes with --dry-run")
         cls = drafter_class(method)
         options = parse_options(method_option)
         unknown = set(options) - set(config_options(cls, options))
@@ -111,17 +129,24 @@ def train_command(friendly) -> click.Command:
             method_class(method).split_options(options)  # values, in one line (methods/base.py)
         given = {"data": data, "max_length": max_length, "max_new_tokens": max_new_tokens,
                  "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "seed": seed}
-        recipe = dataclasses.replace(STANDARD_CPU, **{k: v for k, v in given.items() if v is not None})
+        recipe_name, recipe = recipe, dataclasses.replace(RECIPES[recipe], **{k: v for k, v in given.items()
+                                                                           if v is not None})
         if steps is not None:
             recipe = dataclasses.replace(recipe, steps=steps, budget_minutes=None)
         elif budget_minutes is not None:
             recipe = dataclasses.replace(recipe, budget_minutes=budget_minutes, steps=None)
-        target = _load(o)
-        folder = out or store_path(target, cls, options, recipe)
         points = tuple(p.strip() for p in (save_at or "").split(",") if p.strip())
-        path = train_drafter(cls, target, folder, recipe, options=options,
-                             overrides={"eval_every": eval_every, "save_at": points or None},
+        overrides = {"eval_every": eval_every, "save_at": points or None}
+        target = _load({**o, "device": o["device"] if dry_run else distributed.init_from_env(o["device"])})
+        if dry_run:
+            for line in plan_report(cls, target, recipe_name, recipe, options, overrides, step_seconds,
+                                    log=click.echo):
+                click.echo(line)
+            return
+        folder = out or store_path(target, cls, options, recipe)
+        path = train_drafter(cls, target, folder, recipe, options=options, overrides=overrides,
                              progress=o["progress"], log=click.echo)
-        click.echo(f"use it with: specbench run --method {cls.method or method} --target {o['target']} "
-                   f"--drafter {path}")
+        if distributed.is_main():
+            click.echo(f"use it with: specbench run --method {cls.method or method} --target {o['target']} "
+                       f"--drafter {path}")
     return train

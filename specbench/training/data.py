@@ -60,6 +60,8 @@ PROMPT_SETS = {
     "code_prompts": "write-a-function prompts from CPython stdlib docstrings (1619)",
     "mbpp": "MBPP prompts outside the test range (170)",
     "self_instruct": "self-instruct seed tasks (175)",
+    "sharegpt": "ShareGPT conversations' first user turns (hub or its local cache; else the shipped mix)",
+    "ultrachat": "UltraChat-200K prompts (hub or its local cache; else the shipped mix)",
 }
 
 
@@ -94,6 +96,10 @@ class DataSource:
 
 
 def _load_set(name: str) -> list[PromptItem]:
+    from specbench.training.hub_prompts import HUB_SETS, load_prompts
+
+    if name in HUB_SETS:
+        return load_prompts(name)
     try:
         return _from_training_prompts(_prompt_set(name))
     except FileNotFoundError as e:

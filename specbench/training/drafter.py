@@ -155,20 +155,38 @@ class Drafter(nn.Module):
 
 def drafter_provenance(directory: str | Path) -> dict | None:
     """How a drafter was trained, in a few fields, for a run's manifest: a drafter folder can be deleted
-    or retrained, the result files must still say what produced their τ (data, steps, wall time, device,
-    held-out accuracy). None when `directory` holds no specbench drafter."""
+    or retrained, the result files must still say what produced their τ (data, steps, wall time, tokens
+    seen, device, held-out accuracy). A `--save-at` snapshot reports its own point of the run (its step,
+    training seconds and tokens so far, `snapshot` = the point asked for) and `run`, the folder of the
+    run it belongs to, so learning curves can group its points (issue 22). None when `directory` holds
+    no specbench drafter."""
     try:
         raw = read_drafter_config(Path(directory))
     except SpecbenchError:
         return None
     t = raw.get("training") or {}
     budget, final, env = t.get("budget") or {}, t.get("final_eval") or {}, t.get("environment") or {}
-    return {"path": str(directory), "method": raw.get("method"), "parameters": raw.get("parameters"),
+    snap = t.get("snapshot") or {}
+    seconds = budget.get("train_seconds", budget.get("train_seconds_last_session"))
+    tokens, estimated = budget.get("tokens_seen"), False
+    if tokens is None and budget.get("tokens_per_s") and seconds == budget.get("train_seconds_last_session"):
+        # drafters saved before tokens were counted over the run: one session's rate x its time
+        tokens, estimated = round(budget["tokens_per_s"] * seconds), True
+    info = {"path": str(directory), "method": raw.get("method"), "parameters": raw.get("parameters"),
             "data": (t.get("recipe") or {}).get("data") or (t.get("data") or {}).get("spec"),
-            "steps": budget.get("steps"), "budget_minutes": budget.get("budget_minutes"),
-            "train_seconds": budget.get("train_seconds", budget.get("train_seconds_last_session")),
-            "device": env.get("device"), "eval_loss": final.get("loss"), "eval_acc": final.get("acc"),
-            "transfer": t.get("transfer"), "published": t.get("published")}
+            "steps": budget.get("steps"), "budget_minutes": budget.get("budget_minutes"), "train_seconds": seconds,
+            "tokens_seen": tokens, "device": env.get("device"), "eval_loss": final.get("loss"),
+            "eval_acc": final.get("acc"), "transfer": t.get("transfer"), "published": t.get("published"),
+            "snapshot": None,
+            "run": str(directory)}
+    if estimated:
+        info["tokens_seen_estimated"] = True
+    if snap:
+        info.update(steps=snap.get("step"), train_seconds=snap.get("train_seconds"), tokens_seen=snap.get("tokens_seen"),
+                    budget_minutes=(t.get("hyper_parameters") or {}).get("budget_minutes"),
+                    snapshot=snap.get("save_at"), total_steps=snap.get("total_steps"),
+                    run=str(Path(directory).parent.parent))
+    return info
 
 
 def read_drafter_config(directory: Path) -> dict:

@@ -7,6 +7,10 @@ temperature is given). Records are appended and flushed per batch to
 `cache_dir()/regen/<target fingerprint>/<prompt set>-<settings>.jsonl`, so an interrupted run resumes
 where it stopped and skips every id already written.
 
+At scale (`--shard I/N`, one process per GPU) shard `I` takes every `N`-th prompt and appends each
+batch under the corpus lock instead of holding it for the whole run, skipping ids another writer
+added meanwhile; N shards therefore fill the one corpus file together.
+
 For smollm2-135m a greedy corpus ships with the data (DESIGN.md §9); records it covers are copied
 from there instead of being generated again.
 """
@@ -112,16 +116,29 @@ def _write(f, rec: dict) -> None:
     f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """`"2/8"` -> (2, 8): shard 2 of 8 (0-based); one-line error on anything else."""
+    try:
+        index, count = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise SpecbenchError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+    return index, count
+
+
 def regenerate(target, source: DataSource, settings: RegenSettings, batch_size: int = 8,
-               progress: bool = True) -> RegenReport:
-    """Make sure every prompt of `source` has a response in its corpus file; resumable, one writer at
-    a time."""
+               progress: bool = True, shard: tuple[int, int] = (0, 1)) -> RegenReport:
+    """Make sure every prompt of `source` (of `shard`: every N-th from I) has a response in its corpus
+    file; resumable, one writer at a time (for the run, or per batch when sharded)."""
     if batch_size < 1:
         raise SpecbenchError(f"--batch-size must be >= 1, got {batch_size}")
     path = corpus_path(target, source, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if shard[1] > 1:
+        return _regenerate(target, source, settings, batch_size, progress, path, shard)
     with _exclusive(path.with_suffix(".lock")):
-        return _regenerate(target, source, settings, batch_size, progress, path)
+        return _regenerate(target, source, settings, batch_size, progress, path, shard)
 
 
 @contextmanager
@@ -138,8 +155,57 @@ def _exclusive(lock_path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+class _CorpusWriter:
+    """Appends records to a corpus file. Alone, the run holds the lock and keeps the file open; as a
+    shard, each batch is appended under the lock after reading what other writers added since (from
+    the byte offset read up to), so no id is written twice and lines never interleave."""
+
+    def __init__(self, path: Path, shared: bool):
+        self.path, self.shared = path, shared
+        self.offset, self.ids = 0, set()
+        self.file = None if shared else _open_for_append(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def write(self, records: list[dict]) -> None:
+        if self.file is not None:
+            for rec in records:
+                _write(self.file, rec)
+            self.file.flush()
+            return
+        with _exclusive(self.path.with_suffix(".lock")):
+            self._catch_up()
+            with open(self.path, "a", encoding="utf-8") as f:
+                for rec in records:
+                    if rec["id"] not in self.ids:
+                        _write(f, rec)
+                        self.ids.add(rec["id"])
+                f.flush()
+                self.offset = f.tell()
+
+    def _catch_up(self) -> None:
+        """Read the lines written since `offset`; cut a torn last line (a writer killed mid-line)."""
+        if not self.path.exists():
+            return
+        with open(self.path, "r+b") as f:
+            f.seek(self.offset)
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                data = data[: data.rfind(b"\n") + 1]
+                f.truncate(self.offset + len(data))
+        for line in data.splitlines():
+            if line.strip():
+                self.ids.add(json.loads(line)["id"])
+        self.offset += len(data)
+
+
 def _regenerate(target, source: DataSource, settings: RegenSettings, batch_size: int, progress: bool,
-                path: Path) -> RegenReport:
+                path: Path, shard: tuple[int, int] = (0, 1)) -> RegenReport:
     from tqdm.auto import tqdm
 
     from specbench.decode import generate
@@ -147,7 +213,7 @@ def _regenerate(target, source: DataSource, settings: RegenSettings, batch_size:
     from specbench.sampling import SamplingConfig
     from specbench.timing import StepTimer
 
-    prompts = source.prompts()
+    prompts = source.prompts()[shard[0]::shard[1]]
     done = {r["id"] for r in read_records(path)} if path.exists() else set()
     todo = [p for p in prompts if p.id not in done]
     shipped = precomputed_records(target, settings) if todo else {}
@@ -157,12 +223,10 @@ def _regenerate(target, source: DataSource, settings: RegenSettings, batch_size:
     sampling = SamplingConfig(temperature=settings.temperature)
     method = build_method("ar", target)
     t0, n_tokens = time.perf_counter(), 0
-    with _open_for_append(path) as f:
-        for p in copied:
-            _write(f, shipped[p.id])
-        f.flush()
-        bar = tqdm(total=len(remaining), desc=f"regen {source.label}", unit="prompt",
-                   disable=not progress or not remaining)
+    with _CorpusWriter(path, shared=shard[1] > 1) as writer:
+        writer.write([shipped[p.id] for p in copied])
+        bar = tqdm(total=len(remaining), desc=f"regen {source.label}" + (f" {shard[0]}/{shard[1]}" if shard[1] > 1 else ""),
+                   unit="prompt", disable=not progress or not remaining)
         for start in range(0, len(remaining), batch_size):
             batch: list[PromptItem] = remaining[start:start + batch_size]
             generator = None
@@ -171,12 +235,10 @@ def _regenerate(target, source: DataSource, settings: RegenSettings, batch_size:
                 generator.manual_seed(settings.seed * 1_000_003 + zlib.crc32(batch[0].id.encode()))
             out = generate(method.make_decoder(sampling, generator), [target.render(p.messages) for p in batch],
                            settings.max_new_tokens, target.eos_token_ids, StepTimer(target.device))
-            for p, row in zip(batch, out.rows):
-                _write(f, {"id": p.id, "source": p.source, "messages": p.messages,
+            writer.write([{"id": p.id, "source": p.source, "messages": p.messages,
                            "response": target.decode(row.tokens), "response_ids": row.tokens,
-                           "finish": row.stopped_by})
-                n_tokens += len(row.tokens)
-            f.flush()
+                           "finish": row.stopped_by} for p, row in zip(batch, out.rows)])
+            n_tokens += sum(len(row.tokens) for row in out.rows)
             bar.update(len(batch))
             bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.1f}")
         bar.close()

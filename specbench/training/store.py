@@ -10,6 +10,10 @@ error instead. An interrupted automatic training leaves its checkpoint in that f
 `hub:ORG/NAME[@REVISION]` is a released drafter fetched through huggingface_hub's cache, and any
 folder may hold one as its authors published it: `load_drafter` converts those on the fly
 (`specbench.published`), `describe_drafter` records where they came from.
+
+`SPEC@POINT` names the `--save-at` snapshot POINT (`min-005.0`, `step-000200`, ...) of the drafter SPEC
+resolves to, and `SPEC@final` SPEC itself: learning-curve sweeps (issue 22) name their cells this way,
+with no machine-specific path (`auto@min-005.0`). A snapshot is never trained on demand.
 """
 
 from __future__ import annotations
@@ -65,14 +69,28 @@ def store_path(target, cls: type[Drafter], options: dict | None = None,
     return cache_dir() / "drafters" / target.fingerprint / f"{name}-{key}"
 
 
+FINAL = "final"
+
+
+def split_snapshot(spec: str) -> tuple[str, str | None]:
+    """`"auto@min-005.0"` -> ("auto", "min-005.0"); a spec without `@` (or an existing path) -> (spec, None)."""
+    if "@" not in spec or Path(spec).exists():
+        return spec, None
+    base, _, point = spec.rpartition("@")
+    if not base or not point or "/" in point:
+        raise SpecbenchError(f"--drafter {spec!r}: a snapshot is named SPEC@POINT, e.g. auto@min-005.0 or DIR@final")
+    return base, point
+
+
 def resolve_drafter(method: str, target, spec: str | None, train: bool = True, options: dict | None = None,
                     recipe: TrainingRecipe = STANDARD_CPU, progress: bool = True, log=print) -> str | None:
     """A concrete drafter folder for `--drafter spec`: `None`, a drafter folder (specbench's or a published
     one), a folder of drafters named after their methods (`DIR/eagle3/`, `DIR/flexdraft/`...: one
-    `--drafter` for a whole sweep of drafters trained elsewhere), `hub:ORG/NAME` (its local snapshot) or
-    `auto`. No `--drafter` for a method that needs one means `auto` (issue 23: `specbench run --method
-    flexdraft --suite gsm8k` works as typed). A registered method's `-o` options are checked first, so a
-    typo fails in one line before any training starts."""
+    `--drafter` for a whole sweep of drafters trained elsewhere), `hub:ORG/NAME[@REVISION]` (its local
+    snapshot), `auto`, or any but `hub:` with `@POINT` (one of its `--save-at` snapshots). No `--drafter`
+    for a method that needs one means `auto` (issue 23: `specbench run --method flexdraft --suite gsm8k`
+    works as typed). A registered method's `-o` options are checked first, so a typo fails in one line
+    before any training starts."""
     from specbench.published import HUB_PREFIX, hub_folder
 
     method_cls = None
@@ -84,7 +102,10 @@ def resolve_drafter(method: str, target, spec: str | None, train: bool = True, o
     if spec is None and (method_cls is None or not method_cls.needs_drafter):
         return None
     defaulted, spec = spec is None, spec or "auto"
-    hub = spec.startswith(HUB_PREFIX)
+    hub = spec.startswith(HUB_PREFIX)  # its `@` is a revision, not a snapshot
+    base, point = (spec, None) if hub else split_snapshot(spec)
+    if point is not None:
+        return _snapshot(method, target, base, point, options, recipe, log)
     folder = spec != "auto" and not hub and Path(spec).is_dir() and not (Path(spec) / "config.json").exists()
     if spec != "auto" and not folder and not hub:
         return spec
@@ -140,8 +161,9 @@ def _auto(cls, method, target, train, options, recipe, progress, log, defaulted:
 
 
 def expected_training(target, recipe: TrainingRecipe = STANDARD_CPU) -> tuple[float | None, str]:
-    """(minutes or None, words) an automatic training run takes on this machine: the budget is wall time
-    here, plus data preparation and the final eval; responses still to generate are named, not timed."""
+    """(minutes or None, words) an automatic training run takes on this machine alone: the budget (wall
+    time on a GPU, CPU time per thread on a CPU: the same on an idle machine), plus data preparation and the
+    final eval; responses still to generate are named, not timed."""
     from specbench.training.data import parse_data_spec
     from specbench.training.regen import RegenSettings, missing_prompts
 
@@ -157,6 +179,30 @@ def missing_drafter(method: str, target, options: dict | None = None, recipe: Tr
     """Whether `--drafter auto` would have to train this method's drafter first (sweep estimates)."""
     with default_chat(target):
         return not (store_path(target, drafter_class(method), options, recipe) / "config.json").exists()
+def _snapshot(method, target, base, point, options, recipe, log) -> str | None:
+    from specbench.training.pipeline import SNAPSHOTS
+
+    if ":" not in method:
+        from specbench.methods import method_class
+
+        if not method_class(method).needs_drafter:
+            return None
+    if base == "auto":
+        with default_chat(target):
+            path = store_path(target, drafter_class(method), options, recipe)
+        if not (path / "config.json").exists():
+            raise SpecbenchError(f"no cached {method} drafter for {target.name} in {path.parent} to take snapshot "
+                                 f"{point} from; train one with `specbench train --method {method} --save-at ...`")
+        base = str(path)
+    folder = resolve_drafter(method, target, base, train=False, options=options, recipe=recipe, log=log)
+    if folder is None or point == FINAL:
+        return folder
+    snapshot = Path(folder) / SNAPSHOTS / point
+    if not (snapshot / "config.json").exists():
+        have = sorted(p.parent.name for p in (Path(folder) / SNAPSHOTS).glob("*/config.json"))
+        raise SpecbenchError(f"{folder} has no snapshot {point!r} (it has: {', '.join(have) or 'none'}; "
+                             f"`specbench train --save-at` keeps them)")
+    return str(snapshot)
 
 
 @contextmanager

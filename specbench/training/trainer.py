@@ -18,6 +18,10 @@ the total from the steps since the previous re-plan: drafters trained side by si
 up when a neighbour finishes, and a single early re-plan left one of them half its budget unused.
 The cosine schedule follows the newest total. The plan and its re-plans are stored in the
 checkpoint, so a resumed run keeps the same total and the same remaining re-plan points.
+
+Under `torchrun` the same loop runs on every rank (distributed.py): the drafter alone in DDP, each rank
+its share of the micro-batches, rank 0's clock for the planner and `--save-at`, eval, snapshots and
+checkpoints on rank 0. One process runs exactly the single-process loop.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import torch
 
 from specbench.errors import SpecbenchError
 from specbench.provenance import load_average
+from specbench.training import distributed
 from specbench.training.data import TrainExample, collate
 from specbench.training.features import target_features
 
@@ -48,7 +53,7 @@ class TrainConfig:
     steps: int | None = None  # optimizer steps; or
     budget_minutes: float | None = None  # training wall time, planned as steps (see `estimate_step_seconds`)
     batch_size: int = 8  # sequences per micro-batch
-    grad_accum: int = 1
+    grad_accum: int = 1  # micro-batches per optimizer step, over all ranks (each rank takes grad_accum / world)
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
     warmup_ratio: float = 0.05
@@ -195,10 +200,11 @@ def evaluate(drafter, target, examples: list[TrainExample], cfg: TrainConfig) ->
 
 # -- checkpoints ---------------------------------------------------------------------------------------
 
-def save_checkpoint(out: Path, drafter, optimizer, state: dict) -> None:
+def save_checkpoint(out: Path, drafter, optimizer, state: dict, other_ranks: list = ()) -> None:
     """`out/checkpoint/`: drafter and AdamW tensors and RNG states (safetensors) + `trainer_state.json`.
 
     Written to a temporary folder and swapped in, so an interruption leaves the previous checkpoint.
+    `other_ranks`: the RNG states of ranks 1.. of a distributed run (rank 0's are this process's).
     """
     from safetensors.torch import save_file
 
@@ -214,18 +220,23 @@ def save_checkpoint(out: Path, drafter, optimizer, state: dict) -> None:
     tensors["rng.torch"] = rng["torch"]
     for i, s in enumerate(rng.get("cuda", [])):
         tensors[f"rng.cuda.{i}"] = s
+    for r, other in enumerate(other_ranks, 1):
+        tensors[f"rank{r}.rng.torch"] = other["torch"]
+        for i, s in enumerate(other.get("cuda", [])):
+            tensors[f"rank{r}.rng.cuda.{i}"] = s
     save_file(tensors, tmp / "trainer_state.safetensors")
     groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
+    ranks = {"rank_python_rng": [o["python"] for o in other_ranks]} if other_ranks else {}
     (tmp / "trainer_state.json").write_text(json.dumps({**state, "param_groups": groups,
-                                                        "python_rng": rng["python"]}, indent=1, default=str))
+                                                        "python_rng": rng["python"], **ranks}, indent=1, default=str))
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(out: Path, drafter, optimizer) -> dict | None:
-    """Restore drafter, optimizer and RNG from `out/checkpoint`; returns the saved trainer state."""
+def load_checkpoint(out: Path, drafter, optimizer, rank: int = 0) -> dict | None:
+    """Restore drafter, optimizer and `rank`'s RNG from `out/checkpoint`; returns the saved trainer state."""
     from safetensors.torch import load_file
 
     folder = out / CHECKPOINT
@@ -246,9 +257,15 @@ def load_checkpoint(out: Path, drafter, optimizer) -> dict | None:
         g["betas"] = tuple(g["betas"])
     optimizer.load_state_dict({"state": slots, "param_groups": groups})
     py = state.pop("python_rng")
-    set_rng_state({"torch": tensors["rng.torch"], "python": (py[0], tuple(py[1]), py[2]),
-                   **({"cuda": [tensors[k] for k in sorted(t for t in tensors if t.startswith("rng.cuda."))]}
-                      if any(t.startswith("rng.cuda.") for t in tensors) else {})})
+    ranks = state.pop("rank_python_rng", [])
+    prefix = "" if rank == 0 else f"rank{rank}."
+    if rank > 0:
+        if rank > len(ranks):
+            return state  # saved by fewer ranks: the caller refuses the run (its identity differs)
+        py = ranks[rank - 1]
+    cuda = sorted((t for t in tensors if t.startswith(prefix + "rng.cuda.")), key=lambda t: int(t.rsplit(".", 1)[1]))
+    set_rng_state({"torch": tensors[prefix + "rng.torch"], "python": (py[0], tuple(py[1]), py[2]),
+                   **({"cuda": [tensors[k] for k in cuda]} if cuda else {})})
     return state
 
 
@@ -258,13 +275,16 @@ def load_checkpoint(out: Path, drafter, optimizer) -> dict | None:
 class TrainResult:
     steps: int
     seconds: float  # wall time of this process's training steps (eval and checkpoints excluded)
-    tokens: int  # non-pad tokens through the drafter in those steps
+    tokens: int  # non-pad tokens through the drafter in those steps (all ranks)
     supervised_tokens: int
     final_eval: dict
     train_metrics: dict  # last step's
     history: list = field(default_factory=list)
     plan: dict = field(default_factory=dict)  # a budget run's planned / re-planned step counts and step times
     total_seconds: float = 0.0  # training wall time over every session of the run
+    tokens_seen: int = 0  # tokens through the drafter over every session and rank of the run
+    supervised_tokens_seen: int = 0
+    world_size: int = 1
 
     @property
     def tokens_per_s(self) -> float:
@@ -295,7 +315,8 @@ def estimate_step_seconds(drafter, target, examples, cfg: TrainConfig, timed: in
     """Steady-state seconds per optimizer step; the drafter's weights, the RNG and the real optimizer are untouched.
 
     One untimed warm-up micro-batch and optimizer step (CUDA init, allocator growth, first-call kernel
-    selection), then `timed` more: the median micro-batch (batch, forward, backward) times `grad_accum`,
+    selection), then `timed` more: the median micro-batch (batch, forward, backward) times this rank's
+    share of `grad_accum`,
     plus the median clip + AdamW step, run on a throwaway AdamW whose updates are undone.
     """
     saved_rng = rng_state()
@@ -322,7 +343,7 @@ def estimate_step_seconds(drafter, target, examples, cfg: TrainConfig, timed: in
             p.copy_(s)
     del optimizer, saved
     set_rng_state(saved_rng)
-    return _median(micro) * cfg.grad_accum + _median(update)
+    return _median(micro) * (cfg.grad_accum // distributed.world()[1]) + _median(update)
 
 
 def _median(values: list[float]) -> float:
@@ -380,6 +401,9 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
     `on_snapshot(name, progress)` is called with the drafter as it is then (after a held-out eval), where
     `progress` holds the step, total steps, training seconds, tokens seen and that eval; the points
     already taken are kept in the checkpoint, so a resumed run takes each one once.
+
+    In a process group (distributed.py) every rank calls this; only rank 0 logs, evaluates, calls
+    `on_snapshot` and writes checkpoints, and the result's eval is rank 0's.
     """
     from tqdm.auto import tqdm
 
@@ -395,15 +419,24 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
     if not params:
         raise SpecbenchError(f"drafter {drafter.method} has no trainable parameters")
     optimizer = make_optimizer(params, cfg)
+    rank, world_size = distributed.world()
+    if cfg.grad_accum % world_size:
+        raise SpecbenchError(f"--grad-accum {cfg.grad_accum} must be a multiple of the {world_size} processes: the "
+                             "global batch is batch size x grad-accum, and each process takes an equal share")
+    per_rank = cfg.grad_accum // world_size
+    main = rank == 0
+    log = log if main else (lambda line: None)
     identity = {"run_info": run_info, "config": cfg.as_dict()}
+    if world_size > 1:  # absent for one process, so single-process checkpoints keep their identity
+        identity["world_size"] = world_size
 
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    state = load_checkpoint(out, drafter, optimizer)
+    torch.manual_seed(cfg.seed + 1_000_003 * rank)  # ranks draw different dropout / anchors
+    random.seed(cfg.seed + rank)
+    state = load_checkpoint(out, drafter, optimizer, rank)
     if state is not None:
         if json.loads(json.dumps(identity, default=str)) != state["identity"]:
-            raise SpecbenchError(f"{out} holds a checkpoint of a different training run; use another --out "
-                                 "or delete its checkpoint folder")
+            raise SpecbenchError(f"{out} holds a checkpoint of a different training run (or process count); use "
+                                 "another --out or delete its checkpoint folder")
         step, total, history = state["step"], state["total_steps"], state["history"]
         plan, seconds_before = state.get("plan") or {}, state.get("train_seconds", 0.0)
         seen_before, snapshots = state.get("seen", [0, 0]), state.get("snapshots", [])
@@ -413,40 +446,42 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
         seen_before, snapshots = [0, 0], []
         if cfg.steps is not None:
             total = cfg.steps
-        else:
-            step_s = estimate_step_seconds(drafter, target, train_set, cfg)
+        else:  # rank 0 plans, every rank follows
+            step_s = distributed.broadcast_float(estimate_step_seconds(drafter, target, train_set, cfg), target.device)
             total = plan_steps(step_s, cfg, len(eval_set))
             plan = {"planned_steps": total, "planned_step_seconds": step_s, "replan_after": replan_after(total, cfg),
                     "clock": clock_name(target.device), "load": load_average()}
             log(plan_line(cfg, plan))
     window = (step, 0.0)  # (step, this session's seconds) at the start of the current re-plan window
+    loss_fn, no_sync = distributed.loss_function(drafter, target.device)
 
     seconds, tokens, supervised = 0.0, 0, 0
     metrics = history[-1]["train"] if history else {}
     eval_metrics = history[-1]["eval"] if history else {}  # a run stopped after its last checkpoint
-    bar = tqdm(total=total, initial=step, desc=f"train {drafter.method}", unit="step", disable=not progress)
+    bar = tqdm(total=total, initial=step, desc=f"train {drafter.method}", unit="step", disable=not progress or not main)
     while step < total:
         t0 = _clock(target.device)
         lr = lr_at(step, total, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
         sums: dict[str, float] = {}
-        for micro in range(cfg.grad_accum):
-            examples = micro_batch(train_set, step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed)
-            batch = prepare_batch(drafter, target, examples)
-            with autocast(target.device):
-                loss, m = drafter.loss(batch)
-            (loss / cfg.grad_accum).backward()
+        for micro in range(per_rank):
+            index = step * cfg.grad_accum + micro * world_size + rank  # this rank's share of the step's micro-batches
+            batch = prepare_batch(drafter, target, micro_batch(train_set, index, cfg.batch_size, cfg.seed))
+            with no_sync() if micro < per_rank - 1 else contextlib.nullcontext():
+                with autocast(target.device):
+                    loss, m = loss_fn(batch)
+                (loss / per_rank).backward()  # DDP then averages over ranks: the mean over all micro-batches
             for k, v in {"loss": loss.item(), **m}.items():
                 if isinstance(v, (int, float)):
-                    sums[k] = sums.get(k, 0.0) + float(v) / cfg.grad_accum
+                    sums[k] = sums.get(k, 0.0) + float(v) / per_rank
             tokens += int(batch["lengths"].sum())
             supervised += int(batch["loss_mask"].sum())
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        seconds += _clock(target.device) - t0
+        seconds = distributed.broadcast_float(seconds + _clock(target.device) - t0, target.device)  # rank 0's clock
         metrics = {**sums, "lr": lr, "grad_norm": float(grad_norm)}
         if plan and step == next_replan(plan, total):
             # this window's measured s/step, for what is left of the budget
@@ -462,28 +497,36 @@ def train(drafter, target, train_set: list[TrainExample], eval_set: list[TrainEx
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", acc=f"{metrics.get('acc', float('nan')):.3f}",
                         tok_s=f"{tokens / seconds:.0f}")
         if step % cfg.eval_every == 0 or step == total:
-            eval_metrics = evaluate(drafter, target, eval_set, cfg)
+            eval_metrics = evaluate(drafter, target, eval_set, cfg) if main else {}
             history.append({"step": step, "train": metrics, "eval": eval_metrics})
             if eval_metrics:
                 bar.write(f"step {step}/{total}: train loss {metrics['loss']:.4f}  eval loss "
                           f"{eval_metrics['loss']:.4f}  eval acc {eval_metrics.get('acc', float('nan')):.3f}")
         due = [p for p in cfg.save_at if p not in snapshots
                and snapshot_due(p, step, total, seconds_before + seconds)]
+        checkpoint = step % cfg.checkpoint_every == 0 or step == total or due
+        if checkpoint or (due and on_snapshot is not None):
+            seen = [a + b for a, b in zip(seen_before, distributed.sum_ints([tokens, supervised], target.device))]
         if due and on_snapshot is not None:
-            if not history or history[-1]["step"] != step:
+            if main and (not history or history[-1]["step"] != step):
                 eval_metrics = evaluate(drafter, target, eval_set, cfg)
                 history.append({"step": step, "train": metrics, "eval": eval_metrics})
             progress_now = {"step": step, "total_steps": total, "train_seconds": round(seconds_before + seconds, 1),
-                            "tokens_seen": seen_before[0] + tokens, "supervised_tokens_seen": seen_before[1] + supervised,
-                            "eval": eval_metrics}
-            for point in due:
-                on_snapshot(snapshot_name(point), {"save_at": point, **progress_now})
+                            "tokens_seen": seen[0], "supervised_tokens_seen": seen[1], "eval": eval_metrics}
+            if world_size > 1:
+                progress_now["world_size"] = world_size
+            if main:
+                for point in due:
+                    on_snapshot(snapshot_name(point), {"save_at": point, **progress_now})
             snapshots += due
-        if step % cfg.checkpoint_every == 0 or step == total or due:
-            save_checkpoint(out, drafter, optimizer, {"identity": identity, "total_steps": total, "plan": plan,
-                                                      "train_seconds": seconds_before + seconds, "step": step,
-                                                      "history": history, "snapshots": snapshots,
-                                                      "seen": [seen_before[0] + tokens, seen_before[1] + supervised]})
+        if checkpoint:
+            other_ranks = distributed.gather(rng_state())[1:]
+            if main:
+                save_checkpoint(out, drafter, optimizer, {"identity": identity, "total_steps": total, "plan": plan,
+                                                          "train_seconds": seconds_before + seconds, "step": step,
+                                                          "history": history, "snapshots": snapshots, "seen": seen},
+                                other_ranks)
     bar.close()
-    return TrainResult(step, seconds, tokens, supervised, eval_metrics, metrics, history, dict(plan),
-                       seconds_before + seconds)
+    session = distributed.sum_ints([tokens, supervised], target.device)
+    return TrainResult(step, seconds, session[0], session[1], eval_metrics, metrics, history, dict(plan),
+                       seconds_before + seconds, seen_before[0] + session[0], seen_before[1] + session[1], world_size)
