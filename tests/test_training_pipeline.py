@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from specbench.errors import SpecbenchError
 from specbench.testing.train_drafters import SkipHeadDrafter
 from specbench.training.budget import TrainingRecipe
-from specbench.training.data import DataSource, encode_record, read_records
+from specbench.training.data import DataSource, encode_record
 from specbench.training.features import target_features
-from specbench.training.regen import RegenSettings, corpus_path, load_corpus, regenerate
+from specbench.training.regen import RegenSettings, corpus_path, load_corpus, read_corpus, regenerate
 from specbench.training.store import resolve_drafter, store_path
 from specbench.training.trainer import REPLAN_FRACTIONS, TrainConfig, evaluate, lr_at, train
 
@@ -75,7 +75,7 @@ def test_regen_is_resumable_and_equals_unbatched_greedy(tiny_llama):
     path.write_text(text[: len(text) - 20])  # an interrupted append
     torn = regenerate(tiny_llama, DataSource("mix", 4), SETTINGS, batch_size=2, progress=False)
     assert (torn.already_done, torn.generated) == (3, 1)
-    rows = read_records(path)
+    rows = read_corpus(tiny_llama, DataSource("mix", 4), SETTINGS)
     assert [sorted(r) for r in rows] == [["finish", "id", "messages", "response", "response_ids", "source"]] * 4
     for row in rows[:2]:
         alone = _generate_one(tiny_llama, row["messages"], SETTINGS.max_new_tokens)
@@ -94,7 +94,7 @@ def test_concurrent_regens_write_each_record_once(tiny_llama, tmp_path, monkeypa
         t.start()
     for t in threads:
         t.join()
-    ids = [r["id"] for r in read_records(corpus_path(tiny_llama, source, SETTINGS))]
+    ids = [r["id"] for r in read_corpus(tiny_llama, source, SETTINGS)]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 4
 
 

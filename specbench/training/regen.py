@@ -7,6 +7,13 @@ temperature is given). Records are appended and flushed per batch to
 `cache_dir()/regen/<target fingerprint>/<prompt set>-<settings>.jsonl`, so an interrupted run resumes
 where it stopped and skips every id already written.
 
+The file is keyed and validated (issue 24): its first line is a header naming the target fingerprint,
+prompt set and settings it was made with, and every record is keyed by prompt id and messages. A file
+whose header or messages do not match what is asked for is refused with the command that rebuilds it,
+never mixed in. Files written before the header existed are read as they are (their path is their key).
+I/O goes through `specbench.jsonl`: a torn last line (a crash) is cut off on resume, a damaged middle
+line stops the read with its line number.
+
 For smollm2-135m a greedy corpus ships with the data (DESIGN.md §9); records it covers are copied
 from there instead of being generated again.
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import time
 import zlib
 from contextlib import contextmanager
@@ -25,8 +33,9 @@ from pathlib import Path
 import torch
 
 from specbench.errors import SpecbenchError
+from specbench.jsonl import append_jsonl, read_jsonl
 from specbench.targets import cache_dir
-from specbench.training.data import DataSource, PromptItem, read_records
+from specbench.training.data import DataSource, PromptItem
 
 #: targets whose greedy corpus ships in `shared/data/regen/<folder>/`: fingerprint -> folder. The
 #: fingerprint is smollm2-135m's in float32; fresh greedy generations were checked to equal the
@@ -34,6 +43,10 @@ from specbench.training.data import DataSource, PromptItem, read_records
 PRECOMPUTED = {"e4df814bcd9ada50268a6ce0": "smollm2-135m"}
 #: how the shipped corpus was made (DESIGN.md §9)
 PRECOMPUTED_MAX_NEW_TOKENS = 256
+#: the header line's marker and version
+HEADER_KEY = "specbench_regen"
+#: fields every record of a corpus holds
+RECORD_FIELDS = ("id", "messages", "response_ids", "finish")
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,51 @@ def corpus_path(target, source: DataSource, settings: RegenSettings) -> Path:
     return cache_dir() / "regen" / target.fingerprint / f"{source.slug}-{settings.key(target)}.jsonl"
 
 
+def corpus_header(target, source: DataSource, settings: RegenSettings) -> dict:
+    """The first line of a corpus file: what its responses were made with."""
+    return {HEADER_KEY: 1, "target": target.name, "fingerprint": target.fingerprint, "prompts": source.slug,
+            "settings": settings.as_dict(), "key": settings.key(target)}
+
+
+def rebuild_command(target, source: DataSource, settings: RegenSettings, path: Path) -> str:
+    """The shell command that replaces a corpus file with a fresh one for these settings."""
+    args = ["specbench", "regen", "--data", source.name, "--target", target.name,
+            "--max-new-tokens", str(settings.max_new_tokens), "--dtype", str(target.dtype).replace("torch.", "")]
+    if settings.temperature:
+        args += ["--temperature", f"{settings.temperature:g}", "--seed", str(settings.seed)]
+    if target.chat.system_prompt is not None:
+        args += ["--system-prompt", target.chat.system_prompt]
+    if target.chat.enable_thinking:
+        args.append("--enable-thinking")
+    return f"rm {shlex.quote(str(path))} && {shlex.join(args)}"
+
+
+def read_corpus(target, source: DataSource, settings: RegenSettings, prompts: list[PromptItem] | None = None,
+                path: Path | None = None) -> list[dict]:
+    """The records of a corpus file (none when it does not exist), after checking that its header and
+    its records' messages belong to `target`, `source` and `settings`; refused with the rebuild command."""
+    path = path or corpus_path(target, source, settings)
+    if not path.exists():
+        return []
+    rebuild = rebuild_command(target, source, settings, path)
+    rows = read_jsonl(path, fix=f"delete that line (it is regenerated) or rebuild the file: {rebuild}")
+    if rows and isinstance(rows[0], dict) and HEADER_KEY in rows[0]:
+        found, wanted = rows.pop(0), corpus_header(target, source, settings)
+        differs = [k for k in ("fingerprint", "prompts", "key") if found.get(k) != wanted[k]]
+        if differs:
+            raise SpecbenchError(f"{path} was made for another {'/'.join(differs)} ("
+                                 f"{', '.join(f'{found.get(k)!r}' for k in differs)}, need "
+                                 f"{', '.join(f'{wanted[k]!r}' for k in differs)}); rebuild it: {rebuild}")
+    by_prompt = {p.id: p.messages for p in prompts or []}
+    for n, rec in enumerate(rows, 1):
+        if not isinstance(rec, dict) or any(k not in rec for k in RECORD_FIELDS):
+            raise SpecbenchError(f"{path}: record {n} lacks one of {', '.join(RECORD_FIELDS)}; rebuild it: {rebuild}")
+        if rec["id"] in by_prompt and rec["messages"] != by_prompt[rec["id"]]:
+            raise SpecbenchError(f"{path}: the response to {rec['id']!r} answers other messages than "
+                                 f"{source.label} now holds (the prompts changed); rebuild it: {rebuild}")
+    return rows
+
+
 def precomputed_records(target, settings: RegenSettings) -> dict[str, dict]:
     """Shipped responses usable under `settings`, cut to `max_new_tokens`; {} when they do not apply.
 
@@ -72,7 +130,7 @@ def precomputed_records(target, settings: RegenSettings) -> dict[str, dict]:
     n = settings.max_new_tokens
     usable = {}
     for path in sorted((Path(root) / "regen" / folder).glob("*.jsonl")):
-        for rec in read_records(path):
+        for rec in read_jsonl(path):
             ids = rec["response_ids"]
             if len(ids) > n:
                 rec = {**rec, "response_ids": ids[:n], "response": target.decode(ids[:n]), "finish": "length"}
@@ -95,21 +153,6 @@ class RegenReport:
         rate = self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
         return (f"{self.path}: {self.already_done} cached, {self.copied} from the shipped corpus, "
                 f"{self.generated} generated ({self.generated_tokens} tokens, {self.seconds:.1f} s, {rate:.1f} tok/s)")
-
-
-def _open_for_append(path: Path):
-    """Append handle; a torn last line from an interrupted run is cut off first."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with open(path, "r+b") as f:
-                f.truncate(data.rfind(b"\n") + 1)
-    return open(path, "a", encoding="utf-8")
-
-
-def _write(f, rec: dict) -> None:
-    f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
 
 def regenerate(target, source: DataSource, settings: RegenSettings, batch_size: int = 8,
@@ -148,7 +191,8 @@ def _regenerate(target, source: DataSource, settings: RegenSettings, batch_size:
     from specbench.timing import StepTimer
 
     prompts = source.prompts()
-    done = {r["id"] for r in read_records(path)} if path.exists() else set()
+    existing = read_corpus(target, source, settings, prompts, path)
+    done = {r["id"] for r in existing}
     todo = [p for p in prompts if p.id not in done]
     shipped = precomputed_records(target, settings) if todo else {}
     copied = [p for p in todo if p.id in shipped and shipped[p.id]["messages"] == p.messages]
@@ -157,29 +201,27 @@ def _regenerate(target, source: DataSource, settings: RegenSettings, batch_size:
     sampling = SamplingConfig(temperature=settings.temperature)
     method = build_method("ar", target)
     t0, n_tokens = time.perf_counter(), 0
-    with _open_for_append(path) as f:
-        for p in copied:
-            _write(f, shipped[p.id])
-        f.flush()
-        bar = tqdm(total=len(remaining), desc=f"regen {source.label}", unit="prompt",
-                   disable=not progress or not remaining)
-        for start in range(0, len(remaining), batch_size):
-            batch: list[PromptItem] = remaining[start:start + batch_size]
-            generator = None
-            if not sampling.greedy:  # seeded by the batch's first id, so a resumed run draws the same way
-                generator = torch.Generator(device=target.device)
-                generator.manual_seed(settings.seed * 1_000_003 + zlib.crc32(batch[0].id.encode()))
-            out = generate(method.make_decoder(sampling, generator), [target.render(p.messages) for p in batch],
-                           settings.max_new_tokens, target.eos_token_ids, StepTimer(target.device))
-            for p, row in zip(batch, out.rows):
-                _write(f, {"id": p.id, "source": p.source, "messages": p.messages,
-                           "response": target.decode(row.tokens), "response_ids": row.tokens,
-                           "finish": row.stopped_by})
-                n_tokens += len(row.tokens)
-            f.flush()
-            bar.update(len(batch))
-            bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.1f}")
-        bar.close()
+    fix = "free some space and run the same command again (it resumes)"
+    if not existing and not (path.exists() and read_jsonl(path)):  # a new file, or only a torn line in it
+        append_jsonl(path, [corpus_header(target, source, settings)], fix)
+    append_jsonl(path, [shipped[p.id] for p in copied], fix)
+    bar = tqdm(total=len(remaining), desc=f"regen {source.label}", unit="prompt",
+               disable=not progress or not remaining)
+    for start in range(0, len(remaining), batch_size):
+        batch: list[PromptItem] = remaining[start:start + batch_size]
+        generator = None
+        if not sampling.greedy:  # seeded by the batch's first id, so a resumed run draws the same way
+            generator = torch.Generator(device=target.device)
+            generator.manual_seed(settings.seed * 1_000_003 + zlib.crc32(batch[0].id.encode()))
+        out = generate(method.make_decoder(sampling, generator), [target.render(p.messages) for p in batch],
+                       settings.max_new_tokens, target.eos_token_ids, StepTimer(target.device))
+        append_jsonl(path, [{"id": p.id, "source": p.source, "messages": p.messages,
+                             "response": target.decode(row.tokens), "response_ids": row.tokens,
+                             "finish": row.stopped_by} for p, row in zip(batch, out.rows)], fix)
+        n_tokens += sum(len(row.tokens) for row in out.rows)
+        bar.update(len(batch))
+        bar.set_postfix(tok_s=f"{n_tokens / (time.perf_counter() - t0):.1f}")
+    bar.close()
     return RegenReport(path, len(done), len(copied), len(remaining), n_tokens, time.perf_counter() - t0)
 
 
@@ -188,9 +230,9 @@ def missing_prompts(target, sources: list[DataSource], settings: RegenSettings) 
     shipped = None
     missing = 0
     for source in sources:
-        path = corpus_path(target, source, settings)
-        done = {r["id"] for r in read_records(path)} if path.exists() else set()
-        todo = [p for p in source.prompts() if p.id not in done]
+        prompts = source.prompts()
+        done = {r["id"] for r in read_corpus(target, source, settings, prompts)}
+        todo = [p for p in prompts if p.id not in done]
         if todo and shipped is None:
             shipped = precomputed_records(target, settings)
         missing += sum(1 for p in todo if p.id not in (shipped or {}))
@@ -201,9 +243,8 @@ def load_corpus(target, sources: list[DataSource], settings: RegenSettings) -> l
     """Records for every prompt of `sources`, in spec order; an error if any is not regenerated yet."""
     records = []
     for source in sources:
-        path = corpus_path(target, source, settings)
-        by_id = {r["id"]: r for r in read_records(path)} if path.exists() else {}
         prompts = source.prompts()
+        by_id = {r["id"]: r for r in read_corpus(target, source, settings, prompts)}
         absent = [p.id for p in prompts if p.id not in by_id]
         if absent:
             raise SpecbenchError(f"{len(absent)} of {len(prompts)} prompts of {source.label} have no response yet; "
