@@ -51,7 +51,7 @@ def parse_jsonl(blob: bytes, name: str, fix: str = DEFAULT_FIX, torn_tail: bool 
             continue
         if torn_tail and n == len(lines):  # no "\n" after it: an append cut short
             break
-        raise SpecbenchError(f"{name} line {n}: {problem}; {fix}")
+        raise SpecbenchError(f"cannot parse {name} line {n}: {problem}; {fix}")
     return rows
 
 

@@ -40,7 +40,7 @@ def test_torn_last_line_is_skipped_and_a_damaged_middle_line_is_an_error(tmp_pat
     path.write_text('{"id": "a"}\n{bad\n{"id": "c"}\n')
     with pytest.raises(SpecbenchError) as err:
         read_jsonl(path, fix="delete it")
-    assert str(err.value).startswith(f"{path} line 2: not JSON") and str(err.value).endswith("; delete it")
+    assert str(err.value).startswith(f"cannot parse {path} line 2: not JSON") and str(err.value).endswith("; delete it")
     path.write_text('{"id": "a"}\n{bad}\n')  # a finished last line is damage, not a torn append
     with pytest.raises(SpecbenchError, match="line 2"):
         read_jsonl(path)
