@@ -266,8 +266,9 @@ def test_tables_and_page_show_any_text_escaped_and_csv_keeps_it_exactly(t):
         lines = md.splitlines()
         header = next(i for i, line in enumerate(lines) if line.startswith("| ") and line.endswith("| speedup |"))
         rows = [lines[header], lines[header + 2], lines[header + 3]]  # the separator line between
+        first = f"{t[2]} {t[3]}" if t[3] else t[2]
         assert [[html.unescape(c) for c in _md_cells(line)] for line in rows] == [
-            [_shown(t[1]).strip(), "speedup"], [_shown(f"{t[2]} {t[3]}" if t[3] else t[2]).strip(), _shown(t[4]).strip()],
+            [_shown(t[1]).strip(), "speedup"], [_shown(first).strip(), _shown(t[4]).strip()],
             [_shown(t[5]).strip(), "1.00×"]]
         back = pd.read_csv(files.csv_dir / "fuzz.csv", keep_default_na=False, dtype=str)
         assert back.to_dict("list") == {"label": [t[2], t[5]], "note": [t[4], t[3]]}

@@ -58,8 +58,8 @@ def write_report(sections, out: str | Path, title: str, facts: list[tuple[str, s
     tables = tables_of(sections)
     for table in tables:
         table.write_csv(csv_dir)
-    md = [f"# {md_text(title)}", "", f"Generated {generated} from {n_runs} runs. Speedups are decode-only unless a table says "
-          "end-to-end; brackets are 95% bootstrap CIs (DESIGN.md §4).", ""]
+    md = [f"# {md_text(title)}", "", f"Generated {generated} from {n_runs} runs. Speedups are decode-only unless a table "
+          "says end-to-end; brackets are 95% bootstrap CIs (DESIGN.md §4).", ""]
     md += [f"> **{md_text(a)}**\n" for a in alerts]
     for section in sections:
         md.append(f"## {md_text(section.title)}\n")

@@ -78,7 +78,14 @@ def corpus_header(target, source: DataSource, settings: RegenSettings) -> dict:
 
 def rebuild_command(target, source: DataSource, settings: RegenSettings, path: Path) -> str:
     """The shell command that replaces a corpus file with a fresh one for these settings."""
-    args = ["specbench", "regen", "--data", source.name, "--target", target.name,
+    where = getattr(target, "source", "") or ""
+    if where.startswith("hub:"):
+        loadable = where[4:]
+    elif where and not where.startswith(("builtin:", "pypi:")):
+        loadable = where  # the directory or .gguf file it was loaded from
+    else:
+        loadable = target.name  # an alias
+    args = ["specbench", "regen", "--data", source.label, "--target", loadable,
             "--max-new-tokens", str(settings.max_new_tokens), "--dtype", str(target.dtype).replace("torch.", "")]
     if settings.temperature:
         args += ["--temperature", f"{settings.temperature:g}", "--seed", str(settings.seed)]
