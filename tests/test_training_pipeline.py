@@ -132,6 +132,34 @@ def test_a_crashed_regen_resumes_and_a_mismatched_corpus_is_refused_with_its_reb
         load_corpus(tiny_llama, [source], SETTINGS)
 
 
+def test_a_full_disk_stops_regen_in_one_line_and_the_rerun_resumes(tiny_llama, tmp_path, monkeypatch):
+    import errno
+
+    from specbench import jsonl
+
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"Say {i}"}) + "\n" for i in "abcd"))
+    source = DataSource(str(prompts))
+    real, calls = jsonl._write_all, []
+
+    def disk_fills_on_the_second_batch(f, data):
+        calls.append(1)
+        if len(calls) == 3:  # the header, batch 1, then batch 2
+            f.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(f, data)
+
+    monkeypatch.setattr(jsonl, "_write_all", disk_fills_on_the_second_batch)
+    with pytest.raises(SpecbenchError) as err:
+        regenerate(tiny_llama, source, SETTINGS, batch_size=2, progress=False)
+    assert "No space left on device" in str(err.value) and "run the same command again" in str(err.value)
+    assert [r["id"] for r in read_corpus(tiny_llama, source, SETTINGS)] == ["a", "b"]
+    monkeypatch.setattr(jsonl, "_write_all", real)
+    again = regenerate(tiny_llama, source, SETTINGS, batch_size=2, progress=False)
+    assert (again.already_done, again.generated) == (2, 2)
+    assert [r["id"] for r in load_corpus(tiny_llama, [source], SETTINGS)] == ["a", "b", "c", "d"]
+
+
 def test_features_are_hooked_layer_outputs_and_the_forward_stops_early(tiny_llama):
     ids = torch.tensor([[5, 9, 14, 3, 7, 21]])
     with torch.no_grad():

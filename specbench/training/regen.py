@@ -211,7 +211,8 @@ def _regenerate(target, source: DataSource, settings: RegenSettings, batch_size:
     fix = "free some space and run the same command again (it resumes)"
     if not existing and not (path.exists() and read_jsonl(path)):  # a new file, or only a torn line in it
         append_jsonl(path, [corpus_header(target, source, settings)], fix)
-    append_jsonl(path, [shipped[p.id] for p in copied], fix)
+    if copied:
+        append_jsonl(path, [shipped[p.id] for p in copied], fix)
     bar = tqdm(total=len(remaining), desc=f"regen {source.label}", unit="prompt",
                disable=not progress or not remaining)
     for start in range(0, len(remaining), batch_size):
