@@ -82,11 +82,18 @@ def _prepare_tail(f) -> tuple[int, bytes]:
     f.seek(max(0, end - 1))
     if f.read(1) == b"\n":
         return end, b""
-    f.seek(0)
-    data = f.read()
-    keep = data.rfind(b"\n") + 1
+    keep, pos = 0, end
+    while pos > 0:  # back to the last "\n", a chunk at a time
+        start = max(0, pos - 65536)
+        f.seek(start)
+        cut = f.read(pos - start).rfind(b"\n")
+        if cut >= 0:
+            keep = start + cut + 1
+            break
+        pos = start
+    f.seek(keep)
     try:
-        json.loads(data[keep:].decode("utf-8"))
+        json.loads(f.read().decode("utf-8"))
         return end, b"\n"
     except (UnicodeDecodeError, json.JSONDecodeError):
         return keep, b""

@@ -93,3 +93,13 @@ def test_a_failed_append_leaves_the_file_as_it_was(tmp_path, monkeypatch):
     with pytest.raises(SpecbenchError, match="previous file is kept"):
         write_jsonl(path, [{"id": 9}])
     assert path.read_bytes() == before and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_torn_tail_longer_than_one_read_chunk_is_cut_at_the_last_newline(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"id": 1}\n' + b'{"id": 2, "text": "' + b"x" * 200_000)
+    append_jsonl(path, [{"id": 3}])
+    assert read_jsonl(path) == [{"id": 1}, {"id": 3}]
+    path.write_bytes(b'{"text": "' + b"y" * 200_000)  # a torn first line
+    append_jsonl(path, [{"id": 4}])
+    assert path.read_bytes() == b'{"id": 4}\n'
