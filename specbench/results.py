@@ -2,7 +2,10 @@
 
 Records are appended and flushed per prompt (both arms of a prompt are written together), so an
 interrupted run loses at most the batch in flight; `RunDir.completed_prompt_ids` tells the runner
-what `--resume` may skip. A torn last line (the process was killed mid-write) is dropped on resume.
+what `--resume` may skip. Reading and writing go through `specbench.jsonl` (issue 24): a torn last
+line (the process was killed mid-write) is dropped, a damaged middle line is an error, and a write
+that fails (a full disk) leaves every record before it intact. One process writes a run at a time
+(`RunDir.writer_lock`): a second `--run-id`/`--resume` of the same run is refused, not interleaved.
 
 Records written before a field existed stay readable: `load_records` fills the missing per-turn fields
 of `TURN_FIELD_DEFAULTS` (`draft_lengths: None`: not recorded, so per-position acceptance cannot
@@ -13,9 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from specbench.errors import SpecbenchError
+from specbench.jsonl import append_jsonl, read_jsonl, write_jsonl
 
 ARMS = ("method", "baseline")
 #: per-turn record fields added after records were first written, and what an older record means by them
@@ -24,8 +29,12 @@ TURN_FIELD_DEFAULTS = {"draft_lengths": None}
 
 def _write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise SpecbenchError(f"cannot write {path}: {e.strerror or e}; the previous {path.name} is kept") from None
 
 
 class RunDir:
@@ -68,28 +77,46 @@ class RunDir:
             return None
         return json.loads(self.summary_path.read_text())
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".lock"
+
+    @contextmanager
+    def writer_lock(self):
+        """Hold the run's write lock (an `flock`, released when the process ends however it ends);
+        a second writer is refused in one line instead of interleaving its records with ours."""
+        import fcntl
+
+        with open(self.lock_path, "a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                holder = lock.read().strip() or "another process"
+                raise SpecbenchError(f"run {self.run_id} is being written by {holder}; wait for it to finish "
+                                     f"(or stop it), then --resume {self.run_id}") from None
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"process {os.getpid()}")
+            lock.flush()
+            try:
+                yield self
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def append_records(self, records: list[dict]) -> None:
-        with open(self.records_path, "a", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.records_path, records,
+                     fix=f"free some space, then continue with `specbench run --resume {self.run_id}`")
 
     def load_records(self) -> list[dict]:
-        """All intact records; a torn trailing line is ignored."""
+        """All intact records; a torn trailing line is ignored, a damaged earlier one is an error."""
         if not self.records_path.exists():
             return []
-        out = []
-        with open(self.records_path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                for turn in (rec.get("turns") or []) if isinstance(rec, dict) else []:
-                    for key, value in TURN_FIELD_DEFAULTS.items():
-                        turn.setdefault(key, value)
-                out.append(rec)
+        out = read_jsonl(self.records_path, fix=f"delete that line (--resume {self.run_id} re-runs its prompt)")
+        for rec in out:
+            for turn in (rec.get("turns") or []) if isinstance(rec, dict) else []:
+                for key, value in TURN_FIELD_DEFAULTS.items():
+                    turn.setdefault(key, value)
         return out
 
     def completed_prompt_ids(self) -> set[str]:
@@ -107,11 +134,7 @@ class RunDir:
             if rec["prompt_id"] in done and key not in seen:
                 seen.add(key)
                 keep.append(rec)
-        tmp = self.records_path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in keep:
-                f.write(json.dumps(rec, default=str) + "\n")
-        os.replace(tmp, self.records_path)
+        write_jsonl(self.records_path, keep, fix="free some space and resume again")
         return len(done)
 
 
@@ -120,10 +143,15 @@ class ResultStore:
         self.root = Path(root)
 
     def create(self, run_id: str) -> RunDir:
+        if not run_id or run_id in (".", "..") or any(c in run_id for c in "/\\\x00"):
+            raise SpecbenchError(f"run id {run_id!r} must be a plain folder name (not empty, no '/', '\\' or NUL)")
         path = self.root / run_id
-        if path.exists():
-            raise SpecbenchError(f"run {run_id} already exists in {self.root}; use --resume {run_id} or another --run-id")
-        path.mkdir(parents=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            path.mkdir()  # atomic: of two processes given the same --run-id, one gets it
+        except FileExistsError:
+            raise SpecbenchError(f"run {run_id} already exists in {self.root}; use --resume {run_id} or another "
+                                 "--run-id") from None
         return RunDir(path)
 
     def open(self, run_id: str) -> RunDir:

@@ -306,8 +306,14 @@ class Runner:
 
     # -- the run -----------------------------------------------------------------------------------------
     def run(self, run_id: str | None = None, resume: RunDir | None = None) -> RunDir:
-        if resume is not None:
-            run_dir = resume
+        """Run (or resume) the cell, holding the run's write lock throughout: a second process given
+        the same --run-id or --resume is refused in one line (issue 24)."""
+        run_dir = resume if resume is not None else self.store.create(run_id or self.config.default_run_id())
+        with run_dir.writer_lock():
+            return self._run(run_dir, resumed=resume is not None)
+
+    def _run(self, run_dir: RunDir, resumed: bool) -> RunDir:
+        if resumed:
             run_dir.compact_for_resume()
             manifest = run_dir.read_manifest()
             manifest.setdefault("resumed", []).append(provenance.collect(self.target.device))
@@ -316,7 +322,6 @@ class Runner:
                 raise SpecbenchError(f"run {run_dir.run_id} was made with another target (fingerprint differs)")
             run_dir.write_manifest(manifest)
         else:
-            run_dir = self.store.create(run_id or self.config.default_run_id())
             run_dir.write_manifest(self.manifest(run_dir.run_id))
         done = run_dir.completed_prompt_ids()
         todo = [e for e in self.examples if e.id not in done]
@@ -332,22 +337,30 @@ class Runner:
                 run_dir.append_records(self.run_batch(len(done) // bs + k, batch))
                 bar.update(len(batch))
             bar.close()
+            summary = summarize(run_dir.load_records())
+            summary.update({"run_id": run_dir.run_id, "method": self.config.method, "suite": self.config.suite,
+                            "target": self.target.name, "temperature": self.config.temperature,
+                            "batch_size": bs, "depth": self.method.depth,
+                            "speedup_note": "decode-only excludes prefill; e2e includes it; AR through the same loop"})
+            run_dir.write_summary(summary)
         except KeyboardInterrupt:
-            run_dir.update_manifest(status="interrupted")
+            _mark(run_dir, status="interrupted")
             raise
         except Exception as e:
-            run_dir.update_manifest(status="failed", error=f"{type(e).__name__}: {e}")
+            _mark(run_dir, status="failed", error=f"{type(e).__name__}: {e}")
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-        summary = summarize(run_dir.load_records())
-        summary.update({"run_id": run_dir.run_id, "method": self.config.method, "suite": self.config.suite,
-                        "target": self.target.name, "temperature": self.config.temperature,
-                        "batch_size": bs, "depth": self.method.depth,
-                        "speedup_note": "decode-only excludes prefill; e2e includes it; AR through the same loop"})
-        run_dir.write_summary(summary)
         run_dir.update_manifest(status="complete", load_average_end=provenance.load_average())
         return run_dir
+
+
+def _mark(run_dir: RunDir, **fields) -> None:
+    """Record why a run stopped, if the disk still takes it; the original error is what the user sees."""
+    try:
+        run_dir.update_manifest(**fields)
+    except SpecbenchError:
+        pass
 
 
 def _raise_interrupt(signum, frame):

@@ -39,12 +39,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import json
 import math
+import re
 import sys
 from pathlib import Path
 
 from specbench.errors import SpecbenchError
+from specbench.jsonl import read_jsonl, write_jsonl
 from specbench.metrics import kept_accept_lengths, summarize
 from specbench.results import ResultStore, RunDir
 from specbench.suites.spec_bench import example_id, task_of
@@ -129,11 +130,7 @@ def export_spec_bench(run_dir: RunDir, out_dir: str | Path) -> dict[str, Path]:
                  if r["arm"] == arm and r["prompt_id"] in done]
         lines.sort(key=lambda line: line["question_id"])
         path = out / f"{model}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(json.dumps(line) + "\n")
-        tmp.replace(path)
+        write_jsonl(path, lines)
         paths[arm] = path
     return paths
 
@@ -183,21 +180,14 @@ def read_answer_file(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise SpecbenchError(f"answer file not found: {path}")
     rows, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for k, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path.name} line {k}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SpecbenchError(f"{where}: not JSON ({e.msg})") from None
-            _check_line(obj, where)
-            if obj["question_id"] in seen:
-                raise SpecbenchError(f"{where}: question_id {obj['question_id']} repeats line {seen[obj['question_id']]} "
-                                     f"(de-duplicate it as Spec-Bench's reorg_answer_file does)")
-            seen[obj["question_id"]] = k
-            rows.append(obj)
+    for k, obj in read_jsonl(path, fix="fix or regenerate the answer file", torn_tail=False, numbered=True):
+        where = f"{path.name} line {k}"
+        _check_line(obj, where)
+        if obj["question_id"] in seen:
+            raise SpecbenchError(f"{where}: question_id {obj['question_id']} repeats line {seen[obj['question_id']]} "
+                                 f"(de-duplicate it as Spec-Bench's reorg_answer_file does)")
+        seen[obj["question_id"]] = k
+        rows.append(obj)
     if not rows:
         raise SpecbenchError(f"{path.name}: no answers")
     return rows
@@ -356,8 +346,9 @@ def import_spec_bench(answers_path, baseline_path, method: str, target: str, res
             temperature = float(next(iter(stated)))
     records, notes = _records(answers, baseline, method, exported)
     hashes = {name: _sha256(path) for name, path in paths.items()}
-    run_id = run_id or (f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-imported-{method}-spec_bench-"
-                        f"{Path(target).name[-40:]}-{hashlib.sha256(''.join(hashes.values()).encode()).hexdigest()[:8]}")
+    names = re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{method}-spec_bench-{Path(target).name[-40:]}")  # free-form names
+    run_id = run_id or (f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-imported-{names}-"
+                        f"{hashlib.sha256(''.join(hashes.values()).encode()).hexdigest()[:8]}")
     manifest = _imported_manifest(run_id, method, target, float(temperature), depth, records,
                                   {"answers": answers, "baseline": baseline}, paths, hashes, exported, checked, notes)
     run_dir = ResultStore(results_dir).create(run_id)

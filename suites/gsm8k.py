@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specbench.suites.base import Example, Suite, data_dir_file, read_jsonl
+from specbench.jsonl import read_jsonl
+from specbench.suites.base import Example, Suite, data_dir_file
 from specbench.suites.math_answers import final_number, parse_number
 
 MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."

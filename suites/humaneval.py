@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from specbench.suites.base import Example, Suite, data_dir_file, read_jsonl
+from specbench.jsonl import read_jsonl
+from specbench.suites.base import Example, Suite, data_dir_file
 from specbench.suites.code_answers import defines, extract_code, parsable_prefix
 from specbench.suites.sandbox import SandboxLimits, run_program
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from specbench.suites.base import Example, Suite, data_dir_file, read_jsonl
+from specbench.jsonl import read_jsonl
+from specbench.suites.base import Example, Suite, data_dir_file
 from specbench.suites.gsm8k import MATH_INSTRUCTION
 from specbench.suites.math_answers import last_boxed, math_answers_equal
 

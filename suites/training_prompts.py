@@ -13,7 +13,8 @@ import json
 from itertools import chain, zip_longest
 from typing import NamedTuple
 
-from specbench.suites.base import data_dir_file, read_jsonl
+from specbench.jsonl import read_jsonl
+from specbench.suites.base import data_dir_file
 from specbench.suites.mbpp import TEST_RANGE, training_prompt
 
 

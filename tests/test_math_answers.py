@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from specbench.suites.base import Example, data_dir_file, read_jsonl
+from specbench.jsonl import read_jsonl
+from specbench.suites.base import Example, data_dir_file
 from specbench.suites.gsm8k import GSM8K
 from specbench.suites.math500 import Math500
 from specbench.suites.math_answers import (as_fraction, final_number, last_boxed, latex_to_sympy,

@@ -12,12 +12,13 @@ from click.testing import CliRunner
 
 from specbench.cli import cli
 from specbench.errors import SpecbenchError
+from specbench.jsonl import read_jsonl
 from specbench.methods import METHODS
 from specbench.results import ResultStore
 from specbench.runner import RunConfig, Runner
 from specbench.spec_bench_io import export_spec_bench, import_spec_bench
 from specbench.suites import get_suite
-from specbench.suites.base import data_dir_file, read_jsonl
+from specbench.suites.base import data_dir_file
 from specbench.suites.spec_bench import MT_BENCH_CATEGORIES, TASKS
 
 #: a drafting method where one is registered, so τ is not trivially 1; the AR method otherwise

@@ -8,9 +8,10 @@ import sys
 import pytest
 
 from specbench.errors import SpecbenchError
+from specbench.jsonl import read_jsonl
 from specbench.suites import SUITES, get_suite
 from specbench.suites import training_prompts as tp
-from specbench.suites.base import data_dir_file, read_jsonl, select
+from specbench.suites.base import data_dir_file, select
 from specbench.suites.code_answers import extract_code
 from specbench.suites.humaneval import program_for as humaneval_program
 from specbench.suites.mbpp import TEST_RANGE

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from specbench.errors import SpecbenchError
+from specbench.jsonl import read_jsonl
 from specbench.training import regen as regen_mod
 from specbench.training.data import (DataSource, TrainExample, collate, encode_record, mix_prompts,
-                                     parse_data_spec, read_records)
+                                     parse_data_spec)
 from specbench.training.regen import RegenSettings, precomputed_records
 
 
@@ -36,19 +37,10 @@ def test_mix_order_matches_the_shipped_corpus(tmp_path):
     shipped = Path(os.environ["SPECBENCH_DATA_DIR"]) / "regen" / "smollm2-135m" / "mix.jsonl"
     if not shipped.exists():
         pytest.skip("shared/data/regen is not available")
-    rows = read_records(shipped)
+    rows = read_jsonl(shipped)
     ids = [p.id for p in mix_prompts()]
     assert ids[:100] == [r["id"] for r in rows[:100]]
     assert set(ids[:2400]) <= {r["id"] for r in rows}
-
-
-def test_read_records_ignores_a_torn_last_line(tmp_path):
-    path = tmp_path / "c.jsonl"
-    path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "resp')
-    assert [r["id"] for r in read_records(path)] == ["a", "b"]
-    path.write_text('{"id": "a"}\n{bad\n{"id": "c"}\n')
-    with pytest.raises(SpecbenchError, match="line 2"):
-        read_records(path)
 
 
 def _fake_target(prompt_len=3):

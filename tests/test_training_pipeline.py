@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from specbench.errors import SpecbenchError
 from specbench.testing.train_drafters import SkipHeadDrafter
 from specbench.training.budget import TrainingRecipe
-from specbench.training.data import DataSource, encode_record, read_records
+from specbench.training.data import DataSource, encode_record
 from specbench.training.features import target_features
-from specbench.training.regen import RegenSettings, corpus_path, load_corpus, regenerate
+from specbench.training.regen import RegenSettings, corpus_path, load_corpus, read_corpus, regenerate
 from specbench.training.store import resolve_drafter, store_path
 from specbench.training.trainer import REPLAN_FRACTIONS, TrainConfig, evaluate, lr_at, train
 
@@ -75,7 +75,7 @@ def test_regen_is_resumable_and_equals_unbatched_greedy(tiny_llama):
     path.write_text(text[: len(text) - 20])  # an interrupted append
     torn = regenerate(tiny_llama, DataSource("mix", 4), SETTINGS, batch_size=2, progress=False)
     assert (torn.already_done, torn.generated) == (3, 1)
-    rows = read_records(path)
+    rows = read_corpus(tiny_llama, DataSource("mix", 4), SETTINGS)
     assert [sorted(r) for r in rows] == [["finish", "id", "messages", "response", "response_ids", "source"]] * 4
     for row in rows[:2]:
         alone = _generate_one(tiny_llama, row["messages"], SETTINGS.max_new_tokens)
@@ -94,8 +94,70 @@ def test_concurrent_regens_write_each_record_once(tiny_llama, tmp_path, monkeypa
         t.start()
     for t in threads:
         t.join()
-    ids = [r["id"] for r in read_records(corpus_path(tiny_llama, source, SETTINGS))]
+    ids = [r["id"] for r in read_corpus(tiny_llama, source, SETTINGS)]
     assert sorted(ids) == sorted(set(ids)) and len(ids) == 4
+
+
+def test_a_crashed_regen_resumes_and_a_mismatched_corpus_is_refused_with_its_rebuild_command(tiny_llama, tmp_path):
+    import shlex
+
+    from specbench.cli import cli
+
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "prompt": "Hi"}) + "\n" + json.dumps({"id": "b", "prompt": "Yo"}) + "\n")
+    source = DataSource(str(prompts))
+    path = corpus_path(tiny_llama, source, SETTINGS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"specbench_regen": 1, "fingerp')  # killed while writing the header
+    assert regenerate(tiny_llama, source, SETTINGS, progress=False).generated == 2
+    header, *records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert header["fingerprint"] == tiny_llama.fingerprint and [r["id"] for r in records] == ["a", "b"]
+
+    path.write_text(path.read_text().replace(tiny_llama.fingerprint, "0123456789ab"))
+    for step in (lambda: regenerate(tiny_llama, source, SETTINGS, progress=False),
+                 lambda: load_corpus(tiny_llama, [source], SETTINGS)):
+        with pytest.raises(SpecbenchError) as err:
+            step()
+        assert "another fingerprint" in str(err.value) and "\n" not in str(err.value)
+    rebuild = str(err.value).split("rebuild it: ")[1]
+    rm, _, command = rebuild.partition(" && ")
+    assert rm == f"rm {shlex.quote(str(path))}"
+    path.unlink()
+    res = CliRunner().invoke(cli, [*shlex.split(command)[1:], "--no-progress"])  # the command minus `specbench`
+    assert res.exit_code == 0, res.output
+    assert [r["id"] for r in load_corpus(tiny_llama, [source], SETTINGS)] == ["a", "b"]
+
+    prompts.write_text(json.dumps({"id": "a", "prompt": "Hello"}) + "\n")  # the user edited a prompt
+    with pytest.raises(SpecbenchError, match="the prompts changed.*rebuild it: rm "):
+        load_corpus(tiny_llama, [source], SETTINGS)
+
+
+def test_a_full_disk_stops_regen_in_one_line_and_the_rerun_resumes(tiny_llama, tmp_path, monkeypatch):
+    import errno
+
+    from specbench import jsonl
+
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"Say {i}"}) + "\n" for i in "abcd"))
+    source = DataSource(str(prompts))
+    real, calls = jsonl._write_all, []
+
+    def disk_fills_on_the_second_batch(f, data):
+        calls.append(1)
+        if len(calls) == 3:  # the header, batch 1, then batch 2
+            f.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(f, data)
+
+    monkeypatch.setattr(jsonl, "_write_all", disk_fills_on_the_second_batch)
+    with pytest.raises(SpecbenchError) as err:
+        regenerate(tiny_llama, source, SETTINGS, batch_size=2, progress=False)
+    assert "No space left on device" in str(err.value) and "run the same command again" in str(err.value)
+    assert [r["id"] for r in read_corpus(tiny_llama, source, SETTINGS)] == ["a", "b"]
+    monkeypatch.setattr(jsonl, "_write_all", real)
+    again = regenerate(tiny_llama, source, SETTINGS, batch_size=2, progress=False)
+    assert (again.already_done, again.generated) == (2, 2)
+    assert [r["id"] for r in load_corpus(tiny_llama, [source], SETTINGS)] == ["a", "b", "c", "d"]
 
 
 def test_features_are_hooked_layer_outputs_and_the_forward_stops_early(tiny_llama):
@@ -194,6 +256,34 @@ def test_store_round_trip_and_target_refusal(tiny_llama, tiny_qwen3, tmp_path, e
     assert "trained for" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(SpecbenchError, match="config.json missing"):
         SkipHeadDrafter.load(tmp_path / "nothing", tiny_llama)
+
+
+def test_a_truncated_or_mismatched_drafter_folder_is_refused_in_one_line(tiny_llama, tmp_path):
+    import shutil
+
+    from specbench.training.drafter import Drafter
+
+    good = SkipHeadDrafter.for_target(tiny_llama, hidden_size=32).save(tmp_path / "good", {})
+    weights = (good / "model.safetensors").read_bytes()
+    cases = {"truncated": lambda d: (d / "model.safetensors").write_bytes(weights[:-100]),
+             "no header": lambda d: (d / "model.safetensors").write_bytes(weights[:5]),
+             "missing": lambda d: (d / "model.safetensors").unlink(),
+             "other config": lambda d: (d / "config.json").write_text(
+                 (d / "config.json").read_text().replace('"hidden_size": 32', '"hidden_size": 48')),
+             "unknown field": lambda d: (d / "config.json").write_text(
+                 (d / "config.json").read_text().replace('"hidden_size": 32', '"hidden_sise": 32')),
+             "cut config": lambda d: (d / "config.json").write_text((d / "config.json").read_text()[:50])}
+    messages = {"truncated": "is truncated", "no header": "not a safetensors file", "missing": "no model.safetensors",
+                "other config": "does not match model.safetensors (fc_in.bias", "unknown field": "does not describe",
+                "cut config": "cannot parse"}
+    for name, damage in cases.items():
+        folder = tmp_path / name.replace(" ", "-")
+        shutil.copytree(good, folder)
+        damage(folder)
+        with pytest.raises(SpecbenchError) as err:
+            Drafter.load(folder, tiny_llama)
+        assert messages[name] in str(err.value) and "\n" not in str(err.value), (name, str(err.value))
+    assert isinstance(Drafter.load(good, tiny_llama), SkipHeadDrafter)
 
 
 def test_drafter_provenance_summarises_the_training(tiny_llama, examples, tmp_path, monkeypatch):

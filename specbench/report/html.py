@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 
-from specbench.report.tables import Table
+from specbench.report.tables import Table, md_text
 
 
 @dataclass
@@ -58,18 +58,19 @@ def write_report(sections, out: str | Path, title: str, facts: list[tuple[str, s
     tables = tables_of(sections)
     for table in tables:
         table.write_csv(csv_dir)
-    md = [f"# {title}", "", f"Generated {generated} from {n_runs} runs. Speedups are decode-only unless a table says "
-          "end-to-end; brackets are 95% bootstrap CIs (DESIGN.md §4).", ""]
-    md += [f"> **{a}**\n" for a in alerts]
+    md = [f"# {md_text(title)}", "", f"Generated {generated} from {n_runs} runs. Speedups are decode-only unless a table "
+          "says end-to-end; brackets are 95% bootstrap CIs (DESIGN.md §4).", ""]
+    md += [f"> **{md_text(a)}**\n" for a in alerts]
     for section in sections:
-        md.append(f"## {section.title}\n")
+        md.append(f"## {md_text(section.title)}\n")
         for item in section.items:
             kind = getattr(item, "kind", None)
             if kind == "table":
                 md.append(item.markdown())
             elif kind == "heading":
-                md.append(f"#### {item.text}\n")
+                md.append(f"#### {md_text(item.text)}\n")
             elif kind == "note":
-                md.append(f"> {'**' if item.level == 'warn' else ''}{item.text}{'**' if item.level == 'warn' else ''}\n")
+                bold = "**" if item.level == "warn" else ""
+                md.append(f"> {bold}{md_text(item.text)}{bold}\n")
     markdown.write_text("\n".join(md), encoding="utf-8")
     return ReportFiles(out, markdown, csv_dir)

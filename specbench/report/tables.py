@@ -3,6 +3,11 @@
 Each table keeps two views of the same numbers: `cells` (formatted for a reader: τ to two decimals,
 speedups with their 95% CI) and `data` (a pandas frame with the raw values, written as CSV so nobody
 has to scrape the page).
+
+Cells can hold any text a user or model wrote (labels from `-o` values, target paths, error messages),
+so each output escapes it (issue 24): the HTML template autoescapes; Markdown gets `md_cell` /
+`md_text` (one line per row, no raw HTML, no stray `|`); the CSV quotes every field that holds a line
+break of any kind (RFC 4180 line ends), so it reads back exactly.
 """
 
 from __future__ import annotations
@@ -57,19 +62,19 @@ class Table:
 
     def markdown(self) -> str:
         cols = [f"{g} {c}".strip() for g, c in zip(_expand_groups(self.groups, len(self.columns)), self.columns)]
-        lines = [f"### {self.title}", ""]
+        lines = [f"### {md_text(self.title)}", ""]
         if self.caption:
-            lines += [self.caption, ""]
-        lines.append("| " + " | ".join(_md_escape(c) for c in cols) + " |")
+            lines += [md_text(self.caption), ""]
+        lines.append("| " + " | ".join(md_cell(c) for c in cols) + " |")
         lines.append("|" + "|".join("---:" if n else "---" for n in self.numeric_columns()) + "|")
         for row in self.rows:
-            lines.append("| " + " | ".join(_md_escape(c.plain()) for c in row) + " |")
-        lines += [""] + [f"{note}  " for note in self.footnotes]
+            lines.append("| " + " | ".join(md_cell(c.plain()) for c in row) + " |")
+        lines += [""] + [f"{md_text(note)}  " for note in self.footnotes]
         return "\n".join(lines).rstrip() + "\n"
 
     def write_csv(self, directory: Path) -> Path:
         path = directory / f"{self.name}.csv"
-        self.data.to_csv(path, index=False)
+        self.data.to_csv(path, index=False, lineterminator="\r\n")  # "\r" in a field gets quoted too
         return path
 
 
@@ -82,8 +87,20 @@ def _expand_groups(groups, n):
     return (out + [""] * n)[:n]
 
 
-def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+#: every character `str.splitlines` ends a line at
+_LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]+")
+
+
+def md_text(text: str) -> str:
+    """Text shown on one Markdown line: line breaks become spaces, `<`, `>`, `&` entities (Markdown
+    renderers pass raw HTML through), NUL the replacement character (as CommonMark reads it)."""
+    text = _LINE_BREAKS.sub(" ", str(text)).replace("\x00", "\ufffd")
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def md_cell(text: str) -> str:
+    """`md_text` for a table cell: a backslash or `|` is escaped so it cannot end the cell early."""
+    return md_text(text).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def slug(*parts) -> str:

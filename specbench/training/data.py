@@ -10,7 +10,6 @@ the response ids as generated (never re-tokenised text), with a loss mask on the
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import NamedTuple
 import torch
 
 from specbench.errors import SpecbenchError
+from specbench.jsonl import read_jsonl
 
 
 class PromptItem(NamedTuple):
@@ -126,9 +126,10 @@ def parse_data_spec(spec: str) -> list[DataSource]:
 
 
 def _read_prompt_file(path: Path) -> list[PromptItem]:
-    """Users' own prompts: JSON lines with `messages` (a trailing assistant turn is dropped) or `prompt`."""
+    """Users' own prompts: JSON lines with `messages` (a trailing assistant turn is dropped) or `prompt`.
+    Read with `specbench.jsonl`: lines end at "\\n" only, whatever characters the prompts hold."""
     items = []
-    for i, row in enumerate(read_records(path)):
+    for i, row in enumerate(read_jsonl(path)):
         if "messages" in row:
             messages = list(row["messages"])
             while messages and messages[-1]["role"] == "assistant":
@@ -139,22 +140,6 @@ def _read_prompt_file(path: Path) -> list[PromptItem]:
             raise SpecbenchError(f"{path}: line {i + 1} has neither 'messages' nor 'prompt'")
         items.append(PromptItem(str(row.get("id", f"{path.stem}-{i}")), row.get("source", path.stem), messages))
     return items
-
-
-def read_records(path: Path) -> list[dict]:
-    """JSON lines; a torn last line (an interrupted append) is ignored, any other bad line is an error."""
-    rows = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n == len(lines) - 1:
-                break
-            raise SpecbenchError(f"cannot parse {path} line {n + 1}") from None
-    return rows
 
 
 # -- tokenisation -------------------------------------------------------------------------------------

@@ -19,7 +19,10 @@ outside saved weights. Drafters that tune parts of the target (FlexDraft, BiTA, 
 
 Saved form: `model.safetensors` (the drafter's state dict) and `config.json` recording the method,
 the drafter class, the target fingerprint, the config and how it was trained (data, budget,
-hyper-parameters). Loading for another target fingerprint is refused with one line.
+hyper-parameters). Loading for another target fingerprint is refused with one line, and so is a
+folder whose files do not hold a whole drafter (issue 24): `check_drafter_files` reads the
+safetensors header first (a truncated copy or an interrupted save), and the tensors it lists must be
+exactly the ones the config builds, shape for shape (a config.json from another drafter).
 """
 
 from __future__ import annotations
@@ -134,13 +137,22 @@ class Drafter(nn.Module):
         from safetensors.torch import load_file
 
         d = Path(directory)
-        raw = read_drafter_config(d)
+        raw, shapes = check_drafter_files(d)
         if cls is Drafter:
             cls = drafter_class_from_path(raw["class"])
         elif cls.method and raw.get("method") != cls.method:
             raise SpecbenchError(f"{d} holds a {raw.get('method')!r} drafter, not {cls.method!r}")
-        config = cls.config_class(**raw["config"])
-        drafter = cls(config)
+        try:
+            drafter = cls(cls.config_class(**raw["config"]))
+        except (TypeError, ValueError, KeyError) as e:
+            raise SpecbenchError(f"{d}/config.json does not describe a {cls.method or cls.__name__} drafter "
+                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); retrain it") from None
+        built = {k: list(v.shape) for k, v in drafter.state_dict().items()}
+        if built != shapes:
+            name = sorted(k for k in built.keys() | shapes.keys() if built.get(k) != shapes.get(k))[0]
+            raise SpecbenchError(f"{d}: config.json does not match model.safetensors ({name}: the config builds "
+                                 f"{built.get(name, 'no such tensor')}, the weights hold {shapes.get(name, 'none')}); "
+                                 "the two files come from different drafters: retrain it or copy the folder again")
         drafter.target_fingerprint = raw.get("target_fingerprint")
         drafter.training_info = raw.get("training") or {}
         if target is not None:
@@ -189,16 +201,45 @@ def drafter_provenance(directory: str | Path) -> dict | None:
     return info
 
 
+def check_drafter_files(directory: Path) -> tuple[dict, dict[str, list[int]]]:
+    """(config.json, {tensor: shape} of model.safetensors) of a specbench drafter folder, refused in one
+    line when the weights file is missing, truncated or not safetensors: its header (8-byte length,
+    JSON with each tensor's byte range) must describe exactly the file's size."""
+    raw = read_drafter_config(directory)
+    path = Path(directory) / "model.safetensors"
+    redo = "retrain it or copy the folder again"
+    if not path.is_file():
+        raise SpecbenchError(f"{directory} has config.json but no model.safetensors; {redo}")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            if not 0 < n <= size - 8:
+                raise ValueError
+            header = json.loads(f.read(n))
+            tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+            end = 8 + n + max((v["data_offsets"][1] for v in tensors.values()), default=0)
+            shapes = {k: list(v["shape"]) for k, v in tensors.items()}
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise SpecbenchError(f"{path} is not a safetensors file (unreadable header); {redo}") from None
+    if size != end:
+        raise SpecbenchError(f"{path} is {'truncated' if size < end else 'longer than its header says'} "
+                             f"({size} bytes, its header describes {end}); {redo}")
+    return raw, shapes
+
+
 def read_drafter_config(directory: Path) -> dict:
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise SpecbenchError(f"no drafter at {directory} (config.json missing)")
     try:
         raw = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise SpecbenchError(f"cannot parse {path}") from None
-    if raw.get("format") != FORMAT:
-        raise SpecbenchError(f"{path} is not a specbench drafter (format {raw.get('format')!r}, expected {FORMAT})")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SpecbenchError(f"cannot parse {path} (damaged or cut short); retrain the drafter") from None
+    found = raw.get("format") if isinstance(raw, dict) else None
+    if found != FORMAT:
+        raise SpecbenchError(f"{path} is not a specbench drafter (format {found!r}, expected {FORMAT})")
     return raw
 
 
