@@ -469,7 +469,8 @@ class MTPDecoder(SpeculativeDecoder):
         proposal = Proposal(proposal.tokens[:, :width], proposal.lengths)
         self._lengths = proposal.lengths
         result = verify_chain(self.target, self.cache, self.last, proposal, self.sampling, self.generator,
-                              forward=self._mtp_forward, timer=timer, rule=self.rule)
+                              forward=self._mtp_forward, timer=timer, rule=self.rule,
+                              active=None if active.all else active.device)
         with timer.span("draft"), torch.inference_mode():
             rows = torch.arange(len(active.host), device=result.bonus.device)
             if self.decoding == "quadratic":

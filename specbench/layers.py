@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -106,6 +105,8 @@ def attend_parts(q: torch.Tensor, parts: list, scale: float) -> torch.Tensor:
     b, h, m, d = q.shape
     outs, lses = [], []
     for k, v, visible in parts:
+        if k.shape[2] == 0:  # an empty part (no cached context yet) adds no mass
+            continue
         hk = k.shape[1]
         qg = q.reshape(b, hk, (h // hk) * m, d)  # query heads of a group share their kv head
         scores = (qg @ k.transpose(-1, -2)).float().view(b, h, m, -1) * scale  # [B, h, M, T]

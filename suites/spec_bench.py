@@ -24,7 +24,6 @@ file from GitHub pinned to that commit and checked against its sha256.
 from __future__ import annotations
 
 import hashlib
-import random
 import urllib.request
 from pathlib import Path
 

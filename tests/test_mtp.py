@@ -298,9 +298,10 @@ def test_cache_at_t1_and_sampler_ablation(decoding):
 
 
 def test_the_sampler_after_the_pass_is_draft_time():
-    """Timing contract (DESIGN.md §4): the sampler head's decode after the MTP pass is draft time."""
+    """Timing contract (DESIGN.md §4): the sampler head's decode after the MTP pass is draft time
+    (quadratic decoding drafts every step; linear skips the sampler after a stall)."""
     from specbench.testing.spans import assert_draft_work_in_draft_span
 
     target = lossless.load_tiny("tiny-random-llama")
-    method = mtp(target)
+    method = mtp(target, decoding="quadratic")
     assert_draft_work_in_draft_span(method, target, method.drafter, "draft")

@@ -7,8 +7,14 @@ import torch
 from click.testing import CliRunner
 
 from specbench.errors import SpecbenchError
-from specbench.training.data import DataSource, read_records
+from specbench.jsonl import read_jsonl
+from specbench.training.data import DataSource
 from specbench.training.regen import RegenSettings, corpus_path, parse_shard, regenerate
+
+
+def _records(path):
+    """A corpus file's records, its header line left out."""
+    return [r for r in read_jsonl(path) if "id" in r]
 
 SETTINGS = RegenSettings(max_new_tokens=6)
 
@@ -25,7 +31,7 @@ def test_shards_write_one_corpus_equal_to_an_unsharded_run(tiny_llama, tmp_path,
     source = DataSource("mix", 7)
     monkeypatch.setenv("SPECBENCH_CACHE_DIR", str(tmp_path / "one"))
     regenerate(tiny_llama, source, SETTINGS, batch_size=4, progress=False)
-    alone = {r["id"]: r for r in read_records(corpus_path(tiny_llama, source, SETTINGS))}
+    alone = {r["id"]: r for r in _records(corpus_path(tiny_llama, source, SETTINGS))}
 
     monkeypatch.setenv("SPECBENCH_CACHE_DIR", str(tmp_path / "sharded"))
     path = corpus_path(tiny_llama, source, SETTINGS)
@@ -33,13 +39,13 @@ def test_shards_write_one_corpus_equal_to_an_unsharded_run(tiny_llama, tmp_path,
     path.write_text('{"id": "torn', encoding="utf-8")  # a writer killed mid-line
     reports = {i: regenerate(tiny_llama, source, SETTINGS, batch_size=2, progress=False, shard=(i, 3))
                for i in (2, 0, 1)}  # separate processes in use; one after the other here, in any order
-    rows = read_records(path)
+    rows = _records(path)
     assert sorted(r["id"] for r in rows) == sorted(alone)  # every prompt once, the torn line gone
     assert all(r == alone[r["id"]] for r in rows)  # greedy: the same responses, whatever the batches
     assert sorted(reports[i].generated for i in range(3)) == [2, 2, 3]  # every 3rd prompt each
 
     again = regenerate(tiny_llama, source, SETTINGS, batch_size=2, progress=False, shard=(1, 3))
-    assert again.generated == 0 and len(read_records(path)) == 7
+    assert again.generated == 0 and len(_records(path)) == 7
 
 
 def test_a_shard_skips_ids_another_writer_added_meanwhile(tiny_llama, tmp_path, monkeypatch):
@@ -59,7 +65,7 @@ def test_a_shard_skips_ids_another_writer_added_meanwhile(tiny_llama, tmp_path, 
 
     monkeypatch.setattr(regen._CorpusWriter, "write", write_after_the_other)
     regenerate(tiny_llama, source, SETTINGS, batch_size=2, progress=False, shard=(0, 2))
-    ids = [r["id"] for r in read_records(path)]
+    ids = [r["id"] for r in _records(path)]
     assert other["report"].generated == 4 and sorted(ids) == sorted(set(ids)) and len(ids) == 4
 
 

@@ -226,10 +226,11 @@ class _CorpusWriter:
     def _append(self, records: list[dict], written: set) -> None:
         if not self.started:  # a new file, or one holding only a torn line, gets the header first
             self.started = bool(self.path.exists() and (written or read_jsonl(self.path)))
-        rows = ([] if self.started else [self.header]) + records
-        if rows:
-            append_jsonl(self.path, rows, self.fix)
+        if not self.started:
+            append_jsonl(self.path, [self.header], self.fix)
             self.started = True
+        if records:
+            append_jsonl(self.path, records, self.fix)
 
 
 def _regenerate(target, source: DataSource, settings: RegenSettings, batch_size: int, progress: bool,
