@@ -548,7 +548,7 @@ class FlexDraftDecoder(SpeculativeDecoder):
         """E.5: verify `ids = [c_0..c_{W-1}]` and draft one group per hypothesis `g < W` in one pass;
         keeps the groups' states `[B, G, B, H]` for the selection after acceptance."""
         b, w = ids.shape
-        positions, see, _ = parallel_layout(cache.device_lengths, w, w, self.block, max(cache.lengths))
+        positions, see, _ = parallel_layout(cache.device_lengths, w, w, self.block, cache.window(w) - w)
         logits, hm = self.drafter.joint_forward(ids, cache, self.drafter.mask_rows(b, w * self.block), positions, see)
         self._groups = hm.view(b, w, self.block, -1)
         return logits

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import torch
 
-#: static caches reserve a multiple of this many slots, so batches of different prompt lengths reuse shapes
-CAPACITY_BUCKET = 256
+#: static caches reserve a multiple of this many slots, so batches of different prompt lengths (and the
+#: warm-up) share one shape, and no timed batch compiles; attention over the spare slots is masked
+CAPACITY_BUCKET = 1024
 REGIMES = ("eager", "compiled")
 
 

@@ -136,6 +136,10 @@ class RowKVCache(Cache):
         return min(self.lengths, default=0) == max(self.lengths, default=0)
 
     # -- forward bookkeeping -------------------------------------------------------------------
+    def window(self, q: int) -> int:
+        """The slots a write of `q` tokens will attend over (`view_end` after `begin_write(q)`)."""
+        return self.capacity if self.static else max(self.lengths) + q
+
     def begin_write(self, q: int) -> torch.Tensor:
         """Reserve `q` pending slots per row; returns their position ids `[B, q]`."""
         need = max(self.lengths) + q

@@ -32,7 +32,7 @@ def test_compiled_regime_gives_the_eager_tokens_without_recompiling_per_batch(ti
     compiled = Target("tiny-compiled", "test", copy.deepcopy(tiny_llama.model), tiny_llama.tokenizer,
                       tiny_llama.device, tiny_llama.dtype)
     compile_target(compiled, backend="aot_eager")
-    assert compiled.new_cache(2, 10).static and compiled.new_cache(2, 10).capacity == 256
+    assert compiled.new_cache(2, 10).static and compiled.new_cache(2, 10).capacity == 1024
     torch._dynamo.reset()
     with one_thread():
         assert {m: _tokens(compiled, m, prompts[:4]) for m in ("ar", "pld")} == eager
@@ -43,3 +43,35 @@ def test_compiled_regime_gives_the_eager_tokens_without_recompiling_per_batch(ti
         assert _tokens(compiled, "pld", prompts[4:8]) == _tokens(tiny_llama, "pld", prompts[4:8])
         assert counters["stats"]["unique_graphs"] == graphs
     assert compiled.describe()["regime"] == "compiled"
+
+
+def test_every_method_keeps_its_tokens_in_the_static_cache_layout():
+    """The compiled regime's cache (attention over the whole reserved capacity, scatter writes) under every
+    method's own layouts (mask rows, trees, draft caches): greedy = AR at batch 4, stopped rows frozen."""
+    import test_bita
+    import test_dflash
+    import test_eagle3
+    import test_flexdraft
+    import test_mtp
+
+    from specbench.testing import lossless
+
+    factories = {
+        "pld": lambda t: build_method("pld", t, depth=4),
+        "eagle3": lambda t: test_eagle3.Eagle3Method(t, depth=3, drafter=test_eagle3.make_drafter(t)),
+        "dflash": lambda t: test_dflash.DFlashMethod(t, drafter=test_dflash.make_drafter(t)),
+        "flexdraft": lambda t: test_flexdraft.flex(t, mode="parallel"),
+        "mtp": lambda t: test_mtp.mtp(t, decoding="quadratic"),
+        "bita": lambda t: test_bita.bita(t, tree="tree"),
+    }
+    target = lossless.load_tiny("tiny-random-qwen3")
+    target.regime = "compiled"  # the static cache with the eager model
+    try:
+        with one_thread():
+            for name, factory in factories.items():
+                method = factory(target)
+                assert target.new_cache(1, 8).static
+                lossless.check_greedy(method, target, 20, batch_sizes=(4,))
+                lossless.check_stopped_rows(method, target)
+    finally:
+        target.regime = "eager"

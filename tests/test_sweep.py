@@ -433,5 +433,5 @@ def test_snapshot_cells_run_each_snapshot_and_record_its_progress(tmp_path, monk
     assert final["snapshot"] is None and final["steps"] == 2 and final["run"] == str(folder)
     assert 0 < snap["tokens_seen"] < final["tokens_seen"] and "tokens_seen_estimated" not in final
     res = CliRunner().invoke(cli, ["run", "--method", "eagle3", "--drafter", "auto@min-009.0", "--no-train",
-                                   "--limit", "1", "--results-dir", str(results), *TINY])
+                                   "--limit", "1", "--max-new-tokens", "4", "--results-dir", str(results), *TINY])
     _one_line_error(res, "has no snapshot 'min-009.0' (it has: step-000001")
