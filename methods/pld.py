@@ -61,9 +61,12 @@ class PromptLookupDecoder(ChainSpeculativeDecoder):
         self.max_ngram, self.min_ngram, self.match = int(max_ngram), int(min_ngram), match
 
     def propose(self, active: torch.Tensor) -> Proposal:
-        """Look up over the filled part of the history only (the buffer is sized for the whole answer)."""
+        """Look up over the filled part of the history only (the buffer is sized for the whole answer), and
+        verify only as many columns as the longest draft: a step without a match is a 1-token forward,
+        as in HF's prompt lookup, not a k+1-token one (measured: an 8-token verify costs ~1.5 AR steps)."""
         filled = self.history.ids[:, :max(self.history.host_lengths)]
-        return prompt_lookup(filled, self.history.lengths, self.depth, self.max_ngram, self.min_ngram, self.match)
+        proposal = prompt_lookup(filled, self.history.lengths, self.depth, self.max_ngram, self.min_ngram, self.match)
+        return proposal.trimmed(int(torch.where(active, proposal.lengths, 0).max()))
 
 
 class PromptLookupMethod(Method):

@@ -157,29 +157,28 @@ def bench_pld_vs_prompt_lookup(target, prompts, max_new_tokens, repeats, depth: 
 
 
 @torch.inference_mode()
-def bench_verify_cost(target, prompts, widths, repeats: int = 7) -> list[dict]:
-    """One target forward of q tokens per row over the prompts' committed cache, median over repeats;
-    the pending tokens are dropped after each forward, so every repeat sees the same context."""
+def bench_verify_cost(target, prompts, widths, repeats: int = 15) -> list[dict]:
+    """One target forward of q tokens per row over the prompts' committed cache, median over repeats; the
+    widths take turns within each repeat (a drift of the machine's speed hits them alike), and the pending
+    tokens are dropped after each forward, so every forward sees the same context."""
     from specbench.decode import prefill_batch
 
     cache, _, last = prefill_batch(target, prompts, max(map(len, prompts)) + max(widths) + 1, SamplingConfig(), None)
-    out = []
-    for q in sorted({1, *widths}):
-        ids = last[:, None].expand(-1, q).contiguous()
-        times = []
-        for i in range(repeats + 1):
+    qs = sorted({1, *widths})
+    times: dict[int, list[float]] = {q: [] for q in qs}
+    for i in range(repeats + 1):
+        for q in (qs if i % 2 == 0 else qs[::-1]):
+            ids = last[:, None].expand(-1, q).contiguous()
             _sync(target)
             t0 = time.perf_counter()
             target.forward(ids, cache)
             _sync(target)
-            if i:  # the first is a warm-up
-                times.append(time.perf_counter() - t0)
+            if i:  # the first round is a warm-up
+                times[q].append(time.perf_counter() - t0)
             cache.commit_prefix([0] * len(prompts))
-        out.append({"q": q, "batch_size": len(prompts), "median_ms": statistics.median(times) * 1e3})
-    base = out[0]["median_ms"]
-    for row in out:
-        row["relative_to_ar_step"] = row["median_ms"] / base
-    return out
+    base = statistics.median(times[1])
+    return [{"q": q, "batch_size": len(prompts), "median_ms": statistics.median(times[q]) * 1e3,
+             "relative_to_ar_step": statistics.median(times[q]) / base} for q in qs]
 
 
 def run_bench(target_name, batch_sizes, n_prompts, max_new_tokens, repeats, suite_name, out_dir,

@@ -63,6 +63,12 @@ class Proposal:
         """The same drafts with rows outside `active` emptied (stopped rows verify nothing)."""
         return Proposal(self.tokens, torch.where(active, self.lengths, 0), self.probs)
 
+    def trimmed(self, width: int) -> "Proposal":
+        """The drafts cut to `width` columns (the longest row's draft, read on the host by a proposer whose
+        drafts vary in length, e.g. PLD without a match): padding columns are verified for nothing."""
+        return Proposal(self.tokens[:, :width], self.lengths.clamp(max=width),
+                        None if self.probs is None else self.probs[:, :width])
+
 
 @dataclass
 class ChainResult:
