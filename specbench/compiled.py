@@ -32,6 +32,18 @@ def default_mode(device: torch.device) -> str:
     return "reduce-overhead" if device.type == "cuda" else "default"
 
 
+def set_regime(target, regime: str):
+    """Put `target` in `regime` for the next run: a sweep shares one target across cells, so each cell sets
+    its own; the captured graphs are kept for when the compiled regime comes back."""
+    if regime == "compiled":
+        if target.compiled_model is None:
+            compile_target(target)
+        target.regime = "compiled"
+    else:
+        target.regime = "eager"
+    return target
+
+
 def compile_target(target, mode: str | None = None, backend: str = "inductor"):
     """Switch `target` to the compiled regime (in place; returns it). `backend` other than inductor
     (e.g. "aot_eager") traces the same graphs without generating kernels: the tests' quick check."""

@@ -197,10 +197,10 @@ class Runner:
         self.target = target or load_target(config.target, config.device, config.dtype,
                                             system_prompt=config.system_prompt or self.suite.system_prompt,
                                             enable_thinking=config.enable_thinking)
-        if config.regime == "compiled" and self.target.regime != "compiled":
-            from specbench.compiled import compile_target
+        if config.regime != self.target.regime:
+            from specbench.compiled import set_regime
 
-            compile_target(self.target)  # both arms run on this target: the regime applies to both alike
+            set_regime(self.target, config.regime)  # both arms run on this target: the regime applies to both
         self.sampling = SamplingConfig(config.temperature, config.top_p, config.top_k)
         from specbench.training.store import resolve_drafter
         drafter = resolve_drafter(config.method, self.target, config.drafter, train=not config.no_train,

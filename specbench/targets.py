@@ -204,7 +204,8 @@ class Target:
         if logits_at is not None:
             wanted = sorted(set(logits_at))
             keep = 1 if wanted == [q - 1] else torch.tensor(wanted, device=self.device)
-        model = self.compiled_model if self.compiled_model is not None and logits_at is None else self.model
+        captured = self.regime == "compiled" and self.compiled_model is not None and logits_at is None
+        model = self.compiled_model if captured else self.model
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                     use_cache=True, logits_to_keep=keep, **{self.cache_kwarg: cache})
         logits = out.logits

@@ -75,3 +75,19 @@ def test_every_method_keeps_its_tokens_in_the_static_cache_layout():
                 lossless.check_stopped_rows(method, target)
     finally:
         target.regime = "eager"
+
+
+def test_a_shared_target_takes_each_cells_regime(tiny_llama):
+    """A sweep shares its target across cells: an eager cell after a compiled one runs eager again."""
+    from specbench.compiled import set_regime
+    from specbench.targets import Target
+
+    target = Target("tiny-shared", "test", copy.deepcopy(tiny_llama.model), tiny_llama.tokenizer,
+                    tiny_llama.device, tiny_llama.dtype)
+    set_regime(target, "compiled")
+    assert target.new_cache(1, 8).static and target.compiled_model is not None
+    compiled = target.compiled_model
+    set_regime(target, "eager")
+    assert not target.new_cache(1, 8).static and target.describe()["regime"] == "eager"
+    set_regime(target, "compiled")
+    assert target.compiled_model is compiled  # captured once, kept
