@@ -4,6 +4,9 @@
 #   phase2: second half; train all methods (ONLY="..." picks some) plus EXTRA arms in parallel for BUDGET
 #           minutes each (same data, same wall budget); pack drafters (fp16 chunks), return the first 60 MiB
 #   phase3: return the remaining chunks; time each method against AR on gsm8k (DEADLINE s)
+#   phase4 (after phase1; no smollm2 needed): issue 20 at the paper's target size, random-weight Qwen3-8B in
+#           bf16: one forward vs the roofline, eager and compiled (`specbench profile`), and the AR step of both
+#           regimes through the decode loop (AR vs AR on GSM8K prompts), into $OUT/phase4/ (a few minutes)
 # The files travel in .dev/ (git-ignored): gguf.part1/2, data.tar.xz, whl/.
 # Timing on an H200 (2026-11-26): BUDGET=6 -> phase2 535 s (one call may run 600 s: keep BUDGET <= 6),
 # phase3 ~190 s with LIMIT=4; about 13 of a session's 15 device minutes in all.
@@ -70,4 +73,18 @@ if [ "$phase" = phase3 ]; then
   done
   nvidia-smi > $W/logs/nvidia-smi.txt 2>&1
   tar -cJf $OUT/logs-runs.tar.xz -C $W logs res; echo "phase3 done in $(el) s"; exit 0
+fi
+
+if [ "$phase" = phase4 ]; then
+  DEV=${DEV:-cuda}; R=$OUT/phase4; mkdir -p $R; install_specbench
+  for regime in eager compiled; do
+    flag=""; [ $regime = compiled ] && flag="--compiled"
+    timeout 200 $SB profile --random-weights qwen3-8b --dtype bfloat16 --device $DEV --batch 1,4 --q 1,2,4,8,16 \
+      --context 512 --repeats 20 --warmup 5 $flag --out $R >$R/profile-$regime.log 2>&1
+    echo "== profile $regime rc=$? at $(el) s"; tail -12 $R/profile-$regime.log
+    timeout 150 $SB run --method ar --suite gsm8k --target random:qwen3-8b --device $DEV --dtype bfloat16 --regime $regime \
+      --limit 4 --max-new-tokens 64 --results-dir $R/runs --run-id ar-$regime --no-progress </dev/null >$R/run-$regime.log 2>&1
+    echo "== AR loop $regime rc=$? at $(el) s"; tail -6 $R/run-$regime.log
+  done
+  nvidia-smi > $R/nvidia-smi.txt 2>&1; echo "phase4 done in $(el) s"; exit 0
 fi
