@@ -18,6 +18,7 @@ Failure rules (one-line errors, DESIGN.md §6):
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
 import os
@@ -67,8 +68,15 @@ def read_jsonl(path: str | Path, fix: str = DEFAULT_FIX, torn_tail: bool = True,
 
 
 def _write_all(f, data: bytes) -> None:
-    """`f.write` then flush to the disk; the one place a file fault (ENOSPC) surfaces."""
-    f.write(data)
+    """Every byte of `data` to the disk; the one place a file fault (ENOSPC) surfaces. Files here are
+    unbuffered, so a failed write leaves nothing in a buffer that closing the file would try again (on a
+    really full disk that retry wrote a partial line after the cut and raised past the one-line error)."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        if not n:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[n:]
     f.flush()
     os.fsync(f.fileno())
 
@@ -104,7 +112,7 @@ def append_jsonl(path: str | Path, rows, fix: str = "") -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(dumps(r) + "\n" for r in rows).encode("ascii")
-    with open(path, "a+b") as f:
+    with open(path, "a+b", buffering=0) as f:
         keep, lead = _prepare_tail(f)
         f.truncate(keep)
         try:
@@ -124,7 +132,7 @@ def write_jsonl(path: str | Path, rows, fix: str = "") -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb", buffering=0) as f:
             _write_all(f, "".join(dumps(r) + "\n" for r in rows).encode("ascii"))
         os.replace(tmp, path)
     except OSError as e:

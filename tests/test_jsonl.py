@@ -103,3 +103,39 @@ def test_a_torn_tail_longer_than_one_read_chunk_is_cut_at_the_last_newline(tmp_p
     path.write_bytes(b'{"text": "' + b"y" * 200_000)  # a torn first line
     append_jsonl(path, [{"id": 4}])
     assert path.read_bytes() == b'{"id": 4}\n'
+
+
+_FILE_SIZE_LIMIT_CHILD = r"""
+import resource, signal, sys
+from specbench.errors import SpecbenchError
+from specbench.jsonl import append_jsonl
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit a write fails (EFBIG) instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+for i in range(10_000):
+    try:
+        append_jsonl(sys.argv[1], [{"id": i, "text": "x" * 3000}, {"id": i, "arm": "baseline"}], fix="free space")
+    except SpecbenchError as e:
+        print(f"{i} {e}")
+        break
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork") or __import__("sys").platform != "linux",
+                    reason="RLIMIT_FSIZE file faults are Linux-only")
+def test_a_real_write_fault_mid_append_is_one_line_and_leaves_only_whole_records(tmp_path):
+    """A real kernel write failure, not a patched writer: the file may not grow past 100 000 bytes, so an
+    append fails partway through its bytes. Buffered, the close retried the rest after the cut and raised
+    past the one-line error, leaving a torn record (what a full disk did)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "records.jsonl"
+    done = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT_CHILD, str(path), "100000"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    failed_at, message = done.stdout.strip().split(" ", 1)
+    assert "\n" not in message and message.startswith("cannot write") and message.endswith("free space")
+    blob = path.read_bytes()
+    assert blob.endswith(b"\n") and len(blob) <= 100_000
+    rows = read_jsonl(path, torn_tail=False)
+    assert len(rows) == 2 * int(failed_at) and [r["id"] for r in rows[::2]] == list(range(int(failed_at)))
