@@ -23,6 +23,15 @@ budget; specbench keeps that rule with one recipe, used by `specbench train` wit
 A method may change optimiser hyper-parameters through `Drafter.training_defaults` (e.g. BiTA's lr),
 never the data or the budget.
 
+**Training-size rule** (issue 19, equal budget means equal rules): a method's per-sequence training size
+(anchors for FlexDraft, DFlash and MTP; mask groups for BiTA; EAGLE-3 trains every position) is the
+candidate of {16, 64} with the higher held-out accuracy at the 10-CPU-minute snapshot of this recipe on
+`smollm2-135m` (one thread, micro-batch 8), among those that fit in memory beside one other run on the
+24 GB machine. Measured 2026-12-03: DFlash 16 → 0.082 (62 steps), 64 → 0.068 (38 steps): 16. MTP 64 needs
+16.7 GB (killed by the OOM killer beside another training) and FlexDraft 64 passed 13 GB and costs 53 s a
+step against 8.4 s for 16 (stop 17): both keep 16, the 64 screens not yet measured alone. BiTA's
+`max_groups` (64) is not screened yet.
+
 Beside it, `PAPER` is the published scale (`specbench train --recipe paper`; issue 22): what the
 papers state about data and budget, and, with `--dry-run`, what that would cost on the machine at
 hand — GPU-hours from a step time measured there (or given with `--step-seconds`), never a guess.
