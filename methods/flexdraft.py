@@ -655,7 +655,7 @@ class FlexDraftMethod(Method):
             "parallel mode with selective verification feeds only c_0..c_v and builds v+1 groups (E.6 [recon]); "
             "in a batch v is the maximum over rows, rows accept up to their own v",
             "batch > 1 with per-row acceptance and per-row cache lengths (the release is effectively batch 1)",
-            "flex switch uses the tensor batch size, fixed per batch (stopped rows stay in the tensors)",
+            "flex switch counts the rows still decoding each step (a stopped row drafts and commits nothing)",
             f"flex: parallel at batch <= {o['batch_threshold']} (default 2 on GPU as in the paper, 0 on CPU where "
             "the fused pass measured slower at batch 1)",
             "prefill = the engine's target prefill + one sequential draft, identical to E.4's fused prefill",
