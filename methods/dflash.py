@@ -21,9 +21,8 @@ with `w_k = exp(-(k-1)/gamma)`), and the B.3 loop. Differences, all recorded by 
 
 Paper defaults (GPU): 5 draft layers, block 16, gamma 7. CPU defaults for `smollm2-135m` are chosen
 by measurement and stated in `CPU_DEFAULTS`. Anchors per training sequence follow the training-size rule
-of `specbench.training.budget` (issue 19): under the standard recipe, held-out accuracy at the 10-CPU-minute
-snapshot was 0.082 with 16 anchors (62 steps) against 0.068 with 64 (38 steps), so the default is 16
-(2026-12-03; 64 was the default before, and its learning curve is in the README).
+of `specbench.training.budget` (issue 19; the measurement is there): 16, was 64 before 2026-12-03. These
+defaults apply on every device unless options say otherwise.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from specbench.training.drafter import Drafter
 from specbench.training.features import capture_layers
 
 PAPER_DEFAULTS = {"num_layers": 5, "block_size": 16, "gamma": 7.0, "num_anchors": 512}
-#: what wins on 2 CPU cores for smollm2-135m (see `.notes/dflash.md` for the measurement)
+#: what wins on 2 CPU cores for smollm2-135m (layers, block: README "Measured"; anchors: training/budget.py)
 CPU_DEFAULTS = {"num_layers": 2, "num_feature_layers": 5, "block_size": 8, "num_anchors": 16}
 #: loss decay per block size suggested with the paper (B.2.2 step 7); other sizes use B / 2
 GAMMA_FOR_BLOCK = {16: 7.0, 10: 5.0, 8: 4.0}

@@ -61,14 +61,18 @@ class PromptLookupDecoder(ChainSpeculativeDecoder):
         self.max_ngram, self.min_ngram, self.match = int(max_ngram), int(min_ngram), match
 
     def propose(self, active: torch.Tensor) -> Proposal:
-        """Look up over the filled part of the history only (the buffer is sized for the whole answer). A
-        step where no active row found a match verifies no draft columns: a 1-token forward, as in HF's
-        prompt lookup, where the padded k+1 tokens cost ~1.6 AR steps (`specbench bench`, smollm2 on 2
-        CPU cores). Otherwise the full width: on that CPU a 2-4 token forward costs as much as an
-        8-token one (small-M GEMM kernels), so trimming further buys nothing there."""
+        """Look up over the filled part of the history only (the buffer is sized for the whole answer). On a
+        CPU, a step where no active row found a match verifies no draft columns: a 1-token forward, as in
+        HF's prompt lookup, where the padded k+1 tokens cost ~1.6 AR steps (`specbench bench`, smollm2 on 2
+        CPU cores); otherwise the full width (there a 2-4 token forward costs as much as an 8-token one).
+        Deciding needs the match lengths on the host: free on a CPU, but on a GPU it would be a second sync
+        per step that the AR arm does not pay, for a forward whose cost barely depends on its width in the
+        launch-bound regime, so a GPU always verifies the full width."""
         filled = self.history.ids[:, :max(self.history.host_lengths)]
         proposal = prompt_lookup(filled, self.history.lengths, self.depth, self.max_ngram, self.min_ngram, self.match)
-        return proposal if bool((proposal.lengths > 0).logical_and(active).any()) else proposal.trimmed(0)
+        if filled.device.type != "cpu" or bool((proposal.lengths > 0).logical_and(active).any()):
+            return proposal
+        return proposal.trimmed(0)
 
 
 class PromptLookupMethod(Method):

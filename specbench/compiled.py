@@ -35,12 +35,9 @@ def default_mode(device: torch.device) -> str:
 def set_regime(target, regime: str):
     """Put `target` in `regime` for the next run: a sweep shares one target across cells, so each cell sets
     its own; the captured graphs are kept for when the compiled regime comes back."""
-    if regime == "compiled":
-        if target.compiled_model is None:
-            compile_target(target)
-        target.regime = "compiled"
-    else:
-        target.regime = "eager"
+    if regime == "compiled" and target.compiled_model is None:
+        compile_target(target)
+    target.regime = regime
     return target
 
 

@@ -97,8 +97,8 @@ def test_a_drafter_method_without_drafter_uses_the_stored_standard_one(method, t
     result = CliRunner().invoke(cli, BASE + ["--method", method, "--no-warmup", "--results-dir", str(tmp_path),
                                              "--run-id", "r"])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[0] == (f"{method}: using the stored standard drafter {path} (--drafter auto, "
-                                             "the default; --drafter PATH picks another)")
+    assert result.output.splitlines()[0] == (f"{method}: using the stored standard drafter {path} (--drafter auto "
+                                             "is the default; --drafter PATH picks another)")
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["exact_match_rate"] == 1.0
 
 

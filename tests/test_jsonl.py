@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import gzip
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -120,15 +122,11 @@ for i in range(10_000):
 """
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "fork") or __import__("sys").platform != "linux",
-                    reason="RLIMIT_FSIZE file faults are Linux-only")
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE file faults are Linux-only")
 def test_a_real_write_fault_mid_append_is_one_line_and_leaves_only_whole_records(tmp_path):
     """A real kernel write failure, not a patched writer: the file may not grow past 100 000 bytes, so an
     append fails partway through its bytes. Buffered, the close retried the rest after the cut and raised
     past the one-line error, leaving a torn record (what a full disk did)."""
-    import subprocess
-    import sys
-
     path = tmp_path / "records.jsonl"
     done = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMIT_CHILD, str(path), "100000"],
                           capture_output=True, text=True, timeout=120)

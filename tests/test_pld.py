@@ -79,3 +79,20 @@ def test_the_lookup_is_draft_time(tiny_llama):
     from specbench.testing.spans import assert_draft_work_in_draft_span
 
     assert_draft_work_in_draft_span(build_method("pld", tiny_llama, depth=3), tiny_llama, pld, "prompt_lookup")
+
+
+def test_a_cpu_step_without_an_active_match_verifies_no_draft_columns():
+    """No active row matched: a 1-token verify (as HF's prompt lookup). A match in a stopped row does not
+    count; any active match verifies the full depth."""
+    from types import SimpleNamespace
+
+    from specbench.methods.pld import PromptLookupDecoder
+
+    decoder = PromptLookupDecoder.__new__(PromptLookupDecoder)
+    decoder.depth, decoder.max_ngram, decoder.min_ngram, decoder.match = 4, 2, 1, "first"
+    ids = torch.tensor([[1, 2, 3, 1, 2, 0], [5, 6, 7, 8, 0, 0]])  # row 0 repeats "1 2", row 1 never repeats
+    decoder.history = SimpleNamespace(ids=ids, host_lengths=[5, 4], lengths=torch.tensor([5, 4]))
+    both = decoder.propose(torch.tensor([True, True]))
+    assert both.tokens.shape[1] == 4 and both.lengths.tolist() == [3, 0]
+    only_unmatched = decoder.propose(torch.tensor([False, True]))
+    assert only_unmatched.tokens.shape[1] == 0 and only_unmatched.lengths.tolist() == [0, 0]

@@ -327,7 +327,7 @@ def test_no_drafter_means_auto_for_a_drafter_method(tiny_llama, examples):
     assert f"into {path}: expected 3 steps. --drafter auto is the default; --drafter PATH picks another" in logs[0]
     logs.clear()
     assert resolve_drafter("mtp", tiny_llama, None, train=False, recipe=RECIPE, log=logs.append) == path
-    assert logs == [f"mtp: using the stored standard drafter {path} (--drafter auto, the default; --drafter PATH "
+    assert logs == [f"mtp: using the stored standard drafter {path} (--drafter auto is the default; --drafter PATH "
                     "picks another)"]
     assert resolve_drafter("pld", tiny_llama, None) is None and resolve_drafter(SKIPHEAD, tiny_llama, None) is None
 

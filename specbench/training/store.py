@@ -144,8 +144,7 @@ def _auto(cls, method, target, train, options, recipe, progress, log, defaulted:
     from specbench.training.pipeline import train_drafter
 
     path = store_path(target, cls, options, recipe)
-    how = "--drafter auto" + (", the default; --drafter PATH picks another" if defaulted else "")
-    how_train = "--drafter auto" + (" is the default; --drafter PATH picks another" if defaulted else "")
+    how = "--drafter auto" + (" is the default; --drafter PATH picks another" if defaulted else "")
     if (path / "config.json").exists():
         log(f"{method}: using the stored standard drafter {path} ({how})")
         return str(path)
@@ -155,7 +154,7 @@ def _auto(cls, method, target, train, options, recipe, progress, log, defaulted:
                              f"--target {target.name}` or drop --no-train")
     resumed = (path / "checkpoint").exists() or (path / "checkpoint.old").exists()
     log(f"{method}: no stored {what}; {'resuming' if resumed else 'training'} one once with the standard recipe "
-        f"({recipe.describe()}) into {path}: expected {expected_training(target, recipe)[1]}. {how_train}; "
+        f"({recipe.describe()}) into {path}: expected {expected_training(target, recipe)[1]}. {how}; "
         "--no-train fails instead.")
     return str(train_drafter(cls, target, path, recipe, options=config_options(cls, options), progress=progress,
                              log=log))
