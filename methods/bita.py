@@ -188,7 +188,7 @@ class BiTADrafter(Drafter):
         decoder = target.model.get_decoder()
         # a plain namespace, not submodules: the target's weights stay out of parameters() and state_dict()
         self.t = SimpleNamespace(layers=decoder.layers, norm=decoder.norm, rotary=decoder.rotary_emb,
-                                 embed=target.model.get_input_embeddings(), head=target.model.get_output_embeddings())
+                                 embed=target.model.get_input_embeddings(), head=target.head)
         if len(self.t.layers) != self.cfg.num_target_layers:
             raise SpecbenchError(f"bita drafter built for {self.cfg.num_target_layers} layers, target has "
                                  f"{len(self.t.layers)}")
@@ -215,7 +215,7 @@ class BiTADrafter(Drafter):
         pk = prefix[:, 0].transpose(0, 1)[None].expand(b, -1, -1, -1)  # [B, heads, P, d]
         pv = prefix[:, 1].transpose(0, 1)[None].expand(b, -1, -1, -1)
         return mask_row_attention(self.t.layers[l].self_attn, h, *cos_sin, ctx_k, ctx_v, see, self.cfg.head_dim,
-                                  shared_kv=(pk, pv))
+                                  shared_kv=(pk, pv), skinny_rows=self.target.skinny_rows)
 
     def _layers(self, cache, end: int, x=None, pe_c=None, mask_c=None, xm=None, pe_m=None, see=None, prefix=None):
         """Every target layer (`joint_layer`) on clean rows `x [B, q, H]` and/or mask rows `xm [B, R, H]`;
@@ -224,7 +224,8 @@ class BiTADrafter(Drafter):
             kv = cache.layers[l]
             x, xm = joint_layer(layer, x, xm, pe_c, mask_c, cache,
                                 lambda hm: self._mask_attention(l, hm, pe_m, kv.keys[:, :, :end], kv.values[:, :, :end],
-                                                                prefix[:, l], see))
+                                                                prefix[:, l], see),
+                                skinny_rows=self.target.skinny_rows)
         return x, xm
 
     def _prompts(self) -> torch.Tensor:

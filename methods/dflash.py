@@ -40,6 +40,7 @@ from specbench.layers import DecoderLayerShape, RMSNorm, apply_rotary, rotary
 from specbench.methods.base import Method
 from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
+from specbench.skinny import product
 from specbench.training.features import capture_layers
 
 PAPER_DEFAULTS = {"num_layers": 5, "block_size": 16, "gamma": 7.0, "num_anchors": 512}
@@ -254,7 +255,7 @@ class DFlashDrafter(Drafter):
         return torch.cat([first, rest], -2)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(h, self._frozen[1])
+        return product(self._frozen[1], None, h, self.target.skinny_rows)  # the target's product rule
 
     def fuse(self, features: torch.Tensor) -> torch.Tensor:
         """`C = hidden_norm(fc(C_raw))`: projection first, norm after (B.5-9)."""

@@ -224,7 +224,7 @@ class _TargetParts:
         self.norm = decoder.norm
         self.rotary = decoder.rotary_emb
         self.embed = model.get_input_embeddings()
-        self.head = model.get_output_embeddings()
+        self.head = target.head  # the target's LM head under its product rule (`skinny`)
         self.dtype = target.dtype
         if len(self.layers) != cfg.num_target_layers:
             raise SpecbenchError(f"flexdraft drafter built for {cfg.num_target_layers} layers, target has "
@@ -300,7 +300,7 @@ class FlexDraftDrafter(Drafter):
             kv = cache.layers[l]
             return self.attn[l - self.cfg.split](hm, *pe_m, kv.keys[:, :, :end], kv.values[:, :, :end], see)
 
-        return joint_layer(self.t.layers[l], xc, xm, pe_c, mask_c, cache, attend)
+        return joint_layer(self.t.layers[l], xc, xm, pe_c, mask_c, cache, attend, self.target.skinny_rows)
 
     def joint_forward(self, ids: torch.Tensor, cache, mask_x=None, mask_pos=None, see=None, intra=None):
         """Clean `ids [B, q]` as pending tokens of `cache` (causal, or `intra`) through all layers, plus

@@ -240,7 +240,7 @@ class MTPDrafter(Drafter):
         model = target.model
         # a plain namespace, not submodules: the target stays out of parameters() and the saved weights
         self.t = SimpleNamespace(decoder=model.get_decoder(), embed=model.get_input_embeddings(),
-                                 head=model.get_output_embeddings())
+                                 head=target.head)
         layers = self.t.decoder.layers
         if len(layers) != self.cfg.num_layers:
             raise SpecbenchError(f"mtp drafter built for {self.cfg.num_layers} layers, target has {len(layers)}")
@@ -284,9 +284,7 @@ class MTPDrafter(Drafter):
         explicit `positions [B, Q]` and additive 4-D `mask`; returns final-normed states `[B, Q, H]`.
         `gate None`: no adapters at all (the plain target)."""
         with self.adapters(gate) if gate is not None else nullcontext():
-            out = self.t.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                                 **{self.target.cache_kwarg: cache})
-        return out.last_hidden_state
+            return self.target.decoder_states(embeds, positions, mask, cache)
 
     def joint_forward(self, tokens: torch.Tensor, anchors: torch.Tensor, cache, masks: int | None = None,
                       lora: bool = True):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -81,39 +82,68 @@ def _prompts(target, suite_name: str, n: int) -> list[list[int]]:
     return [target.render([{"role": "user", "content": e.turns[0]}]) for e in examples]
 
 
+@contextmanager
+def _with_forward(target, impl: str):
+    """Run the harness's loop on `impl` ("direct" or "transformers") inside the block, then restore."""
+    old, target.forward_impl = target.forward_impl, impl
+    try:
+        yield
+    finally:
+        target.forward_impl = old
+
+
 def bench_loop_vs_generate(target, batch_sizes, all_prompts, max_new_tokens, repeats) -> list[dict]:
+    """AR loop vs HF `generate`, and — where the target runs the direct forward — the same loop on
+    transformers' own `model(...)` as a third contender (`loop_tf`): the before/after of issue 20's
+    forward, in one process. The contenders rotate their order every repeat."""
     method = build_method("ar", target)
     model_bytes = sum(p.numel() * p.element_size() for p in target.model.parameters())
+    contenders = ["loop", "hf"] + (["loop_tf"] if target.forward_impl == "direct" else [])
+
+    def run(who, prompts, n):
+        if who == "hf":
+            return (*_hf_generate(target, prompts, n), None)
+        with _with_forward(target, "transformers" if who == "loop_tf" else target.forward_impl):
+            toks, t, share, _ = _loop_generate(target, method, prompts, n)
+        return toks, t, share
+
     rows = []
     for bs in batch_sizes:
         batches = [all_prompts[i: i + bs] for i in range(0, len(all_prompts), bs)]
         batches = [b for b in batches if len(b) == bs] or [all_prompts[:bs]]
-        _loop_generate(target, method, batches[0], 8)
-        _hf_generate(target, batches[0], 8)
-        totals = {"loop": [0, 0.0], "hf": [0, 0.0]}
-        other_shares, ratios, identical = [], [], 0
+        for who in contenders:
+            run(who, batches[0], 8)
+        totals = {w: [0, 0.0] for w in contenders}
+        other_shares, ratios, tf_ratios, identical = [], [], [], 0
         for r in range(repeats):
             for prompts in batches:
                 res = {}
-                for who in (["loop", "hf"] if r % 2 == 0 else ["hf", "loop"]):
+                k = r % len(contenders)
+                for who in contenders[k:] + contenders[:k]:
+                    toks, t, share = run(who, prompts, max_new_tokens)
                     if who == "loop":
-                        toks, t, share, _ = _loop_generate(target, method, prompts, max_new_tokens)
                         other_shares.append(share)
-                    else:
-                        toks, t = _hf_generate(target, prompts, max_new_tokens)
                     res[who] = (toks, t)
                     totals[who][0] += sum(map(len, toks))
                     totals[who][1] += t
-                identical += res["loop"][0] == res["hf"][0]
+                identical += all(res[w][0] == res["hf"][0] for w in res)
                 rate = {w: sum(map(len, res[w][0])) / res[w][1] for w in res}
                 ratios.append(rate["loop"] / rate["hf"])
-        loop_tps, hf_tps = (totals[w][0] / totals[w][1] for w in ("loop", "hf"))
-        rows.append({"batch_size": bs, "loop_tokens_per_s": loop_tps, "hf_generate_tokens_per_s": hf_tps,
-                     "ratio": loop_tps / hf_tps, "ratio_median_per_batch": statistics.median(ratios),
-                     "other_share_median": statistics.median(other_shares),
-                     "loop_bandwidth_GBps": model_bytes * (loop_tps / bs) / 1e9,
-                     "identical_batches": identical, "timed_batches": len(ratios),
-                     "batches": len(batches), "repeats": repeats})
+                if "loop_tf" in rate:
+                    tf_ratios.append(rate["loop"] / rate["loop_tf"])
+        tps = {w: totals[w][0] / totals[w][1] for w in contenders}
+        row = {"batch_size": bs, "loop_tokens_per_s": tps["loop"], "hf_generate_tokens_per_s": tps["hf"],
+               "ratio": tps["loop"] / tps["hf"], "ratio_median_per_batch": statistics.median(ratios),
+               "other_share_median": statistics.median(other_shares),
+               "loop_bandwidth_GBps": model_bytes * (tps["loop"] / bs) / 1e9,
+               "identical_batches": identical, "timed_batches": len(ratios),
+               "batches": len(batches), "repeats": repeats, "forward": target.forward_impl}
+        if "loop_tf" in tps:
+            row.update({"loop_transformers_forward_tokens_per_s": tps["loop_tf"],
+                        "ratio_transformers_forward_vs_hf": tps["loop_tf"] / tps["hf"],
+                        "ratio_direct_vs_transformers_forward": tps["loop"] / tps["loop_tf"],
+                        "ratio_direct_vs_transformers_forward_median": statistics.median(tf_ratios)})
+        rows.append(row)
     return rows
 
 
@@ -195,13 +225,19 @@ def run_bench(target_name, batch_sizes, n_prompts, max_new_tokens, repeats, suit
     loop = bench_loop_vs_generate(target, batch_sizes, prompts[:max(n_prompts, max(batch_sizes))],
                                   max_new_tokens, repeats)
     result["loop_vs_generate"] = loop
-    table = Table(title=f"AR loop vs HF generate · {target.name} · {target.device} · {max_new_tokens} new tokens")
-    for col in ("batch", "loop tok/s", "HF tok/s", "ratio", "median ratio", "other share", "loop GB/s", "identical"):
+    table = Table(title=f"AR loop vs HF generate · {target.name} · {target.device} · {max_new_tokens} new tokens "
+                        f"· forward {target.forward_impl}")
+    with_tf = "loop_transformers_forward_tokens_per_s" in loop[0]
+    for col in ("batch", "loop tok/s", "HF tok/s", "ratio", "median ratio", "other share", "loop GB/s", "identical",
+                *(("loop on model(...) tok/s", "its ratio", "direct / model(...)") if with_tf else ())):
         table.add_column(col, justify="right")
     for r in loop:
         table.add_row(str(r["batch_size"]), f"{r['loop_tokens_per_s']:.1f}", f"{r['hf_generate_tokens_per_s']:.1f}",
                       f"{r['ratio']:.3f}", f"{r['ratio_median_per_batch']:.3f}", f"{r['other_share_median']:.1%}",
-                      f"{r['loop_bandwidth_GBps']:.1f}", f"{r['identical_batches']}/{r['timed_batches']}")
+                      f"{r['loop_bandwidth_GBps']:.1f}", f"{r['identical_batches']}/{r['timed_batches']}",
+                      *((f"{r['loop_transformers_forward_tokens_per_s']:.1f}",
+                         f"{r['ratio_transformers_forward_vs_hf']:.3f}",
+                         f"{r['ratio_direct_vs_transformers_forward']:.3f}") if with_tf else ()))
     console.print(table)
     if pld_prompts:
         pld = bench_pld_vs_prompt_lookup(target, prompts[:pld_prompts], pld_tokens, max(1, repeats // 2 or 1),

@@ -29,6 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from specbench.direct_forward import clean_attention, mlp
+from specbench.skinny import linear
+
 
 def attention_shape(config) -> dict:
     """`num_heads`, `num_kv_heads`, `head_dim` of a HF Llama / Qwen3 config."""
@@ -122,7 +125,8 @@ def attend_parts(q: torch.Tensor, parts: list, scale: float) -> torch.Tensor:
 
 def mask_row_attention(attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                        ctx_k: torch.Tensor, ctx_v: torch.Tensor, see: torch.Tensor, head_dim: int,
-                       shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                       shared_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       skinny_rows: int = 0) -> torch.Tensor:
     """Attention of mask rows `h [B, M, H]` (input-normed) through the projections of `attn` (q/k/v/o and
     Qwen3's optional q/k norms): the target layer's own module (bita A.3) or a trained copy (flexdraft
     E.2.3).
@@ -134,7 +138,7 @@ def mask_row_attention(attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin:
     """
     b, m, _ = h.shape
     shape = (b, m, -1, head_dim)
-    q, k, v = attn.q_proj(h).view(shape), attn.k_proj(h).view(shape), attn.v_proj(h).view(shape)
+    q, k, v = (linear(p, h, skinny_rows).view(shape) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
     if getattr(attn, "q_norm", None) is not None:  # Qwen3: per-head norms before RoPE
         q, k = attn.q_norm(q), attn.k_norm(k)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, M, d]
@@ -145,24 +149,25 @@ def mask_row_attention(attn: nn.Module, h: torch.Tensor, cos: torch.Tensor, sin:
         sk, sv = shared_kv
         parts.append((sk.to(k.dtype).expand(b, -1, -1, -1), sv.to(v.dtype).expand(b, -1, -1, -1), None))
     out = attend_parts(q, parts, float(getattr(attn, "scaling", head_dim ** -0.5)))
-    return attn.o_proj(out.transpose(1, 2).reshape(b, m, -1))
+    return linear(attn.o_proj, out.transpose(1, 2).reshape(b, m, -1), skinny_rows)
 
 
-def joint_layer(layer: nn.Module, x, xm, pe_c, mask_c, cache, attend_masks):
+def joint_layer(layer: nn.Module, x, xm, pe_c, mask_c, cache, attend_masks, skinny_rows: int = 0):
     """One pre-norm target layer (Llama / Qwen3) on clean rows `x [B, q, H]` and/or mask rows `xm [B, M, H]`
     (None where absent); returns `(x, xm)`.
 
-    Clean rows run the layer's own attention module, which writes their K/V into `cache` as pending
-    slots: exactly `Target.forward`. Mask rows attend through `attend_masks(input-normed xm)` (over cache
+    Clean rows run the layer's own attention (`direct_forward.clean_attention`), which writes their K/V
+    into `cache` as pending slots: exactly `Target.forward`, products under the same `skinny_rows` rule. Mask rows attend through `attend_masks(input-normed xm)` (over cache
     slots that already hold this pass's clean K/V). Norms and FFN are the target's, one call for both.
     """
     if x is not None:
-        # positional arguments: the cache kwarg was renamed across transformers versions (bita_mtp_flexdraft.md §1.3)
-        x = x + layer.self_attn(layer.input_layernorm(x), pe_c, mask_c, cache)[0]
+        # the target's attention minus its wrappers, as `Target.forward` runs it (direct_forward, issue 20)
+        x = x + clean_attention(layer.self_attn, layer.input_layernorm(x), *pe_c, mask_c, cache,
+                                skinny_rows=skinny_rows)
     if xm is not None:
         xm = xm + attend_masks(layer.input_layernorm(xm))
     h = xm if x is None else x if xm is None else torch.cat([x, xm], 1)
-    h = h + layer.mlp(layer.post_attention_layernorm(h))
+    h = h + mlp(layer.mlp, layer.post_attention_layernorm(h), skinny_rows)
     n = 0 if x is None else x.shape[1]
     return (None if x is None else h[:, :n]), (None if xm is None else h[:, n:])
 

@@ -95,10 +95,26 @@ class Target:
     regime: str = "eager"
     compile_mode: str | None = None
     compiled_model: torch.nn.Module | None = None
+    #: "direct" (`specbench.direct_forward`: the model's modules walked without transformers' per-call
+    #: plumbing, bit-identical logits) where the architecture allows, else "transformers" (`model(...)`)
+    forward_impl: str = "auto"
 
     def __post_init__(self):
+        from specbench import direct_forward, skinny
+
         self.model.eval()
         self.config = self.model.config
+        self.direct_unsupported = direct_forward.supported(self.model)
+        if self.forward_impl == "auto":
+            self.forward_impl = "transformers" if self.direct_unsupported else "direct"
+        elif self.forward_impl == "direct" and self.direct_unsupported:
+            raise SpecbenchError(f"the direct forward does not support this target: {self.direct_unsupported}")
+        elif self.forward_impl not in ("direct", "transformers"):
+            raise SpecbenchError(f"forward must be auto, direct or transformers, not {self.forward_impl!r}")
+        self._attention = None if self.direct_unsupported else direct_forward.attention_function(self.model)
+        self._causal_flag = getattr(self.config, "_attn_implementation", None) == "sdpa"
+        #: products of at most this many rows run as `W @ Xᵀ` (`specbench.skinny`; 0 = `F.linear` everywhere)
+        self.skinny_rows = skinny.default_rows(self.device, self.dtype) if self.forward_impl == "direct" else 0
         eos = self.config.eos_token_id
         ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
@@ -138,7 +154,8 @@ class Target:
                 "vocab_size": self.vocab_size, "parameters": sum(p.numel() for p in self.model.parameters()),
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
                 "attn_implementation": getattr(self.config, "_attn_implementation", None),
-                "regime": self.regime, "compile_mode": self.compile_mode,
+                "regime": self.regime, "compile_mode": self.compile_mode, "forward": self.forward_impl,
+                "skinny_rows": self.skinny_rows,
                 "chat": self.chat.as_dict()}
 
     # -- prompts -------------------------------------------------------------------------------
@@ -195,24 +212,52 @@ class Target:
         (host ints) for one position per row only, `[B, 1, V]` (a ragged prefill reads each row's last
         prompt position: the full `[B, q, V]` was a fifth of smollm2's prefill FLOPs, issue 19).
         """
+        from specbench import direct_forward
+
         q = input_ids.shape[1]
+        captured = self.regime == "compiled" and self.compiled_model is not None and logits_at is None
+        direct = self.forward_impl == "direct" and not captured and not direct_forward.has_pre_hooks(self.model)
         positions = cache.begin_write(q)
         if depths is not None:
             positions = positions[:, :1] + depths.to(positions.device).expand(positions.shape)
-        mask = cache.attention_mask(intra, self.dtype, allow_none=depths is None)
+        # no mask = SDPA's causal flag, which aligns queries top-left: right only for q = 1 or an empty
+        # cache (eager attention has no flag: q = 1 only); transformers' own forward builds the rest itself
+        allow_none = depths is None and (not direct or q == 1 or (cache.view_end == q and self._causal_flag))
+        mask = cache.attention_mask(intra, self.dtype, allow_none=allow_none)
         keep = logits_to_keep
         if logits_at is not None:
             wanted = sorted(set(logits_at))
             keep = 1 if wanted == [q - 1] else torch.tensor(wanted, device=self.device)
-        captured = self.regime == "compiled" and self.compiled_model is not None and logits_at is None
-        model = self.compiled_model if captured else self.model
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                    use_cache=True, logits_to_keep=keep, **{self.cache_kwarg: cache})
-        logits = out.logits
+        if direct:
+            logits = direct_forward.forward(self.model, input_ids, positions, mask, cache, keep, self._attention,
+                                            self.skinny_rows)
+        else:
+            model = self.compiled_model if captured else self.model
+            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                           use_cache=True, logits_to_keep=keep, **{self.cache_kwarg: cache}).logits
         if logits_at is not None and logits.shape[1] > 1:  # [B, k, V] over the k distinct positions
             column = torch.tensor([wanted.index(p) for p in logits_at], device=logits.device)
             logits = logits[torch.arange(len(logits_at), device=logits.device), column][:, None]
         return logits
+
+    def decoder_states(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
+        """Final-normed states `[B, q, H]` of the decoder over input embeddings `embeds [B, q, H]` written as
+        pending rows of `cache` (`begin_write` done by the caller, explicit additive `mask`): the pass of a
+        method that feeds the target rows of its own (MTP's mask rows), on the same forward as every arm."""
+        from specbench import direct_forward
+
+        if self.forward_impl == "direct" and not direct_forward.has_pre_hooks(self.model):
+            x = direct_forward.layers(self.model, embeds, positions, mask, cache, self._attention, self.skinny_rows)
+            return self.model.model.norm(x)
+        decoder = self.model.get_decoder()
+        return decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                       **{self.cache_kwarg: cache}).last_hidden_state
+
+    def head(self, states: torch.Tensor) -> torch.Tensor:
+        """The LM head on final-normed states, under the product rule of the target's forward (`skinny`)."""
+        from specbench.skinny import linear
+
+        return linear(self.model.get_output_embeddings(), states, self.skinny_rows)
 
 
 # -- loading -----------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ def test_bench_sections_agree_with_hf_token_for_token(tmp_path):
     loop = result["loop_vs_generate"]
     assert [r["batch_size"] for r in loop] == [1, 2]
     assert all(r["identical_batches"] == r["timed_batches"] > 0 and r["ratio"] > 0 for r in loop)
+    assert all(r["forward"] == "direct" and r["ratio_direct_vs_transformers_forward"] > 0 for r in loop)
     pld = result["pld_vs_prompt_lookup"]
     assert pld["identical_outputs"] == pld["outputs"] == 2 and pld["pld_tau"] >= 1 and pld["hf_tau"] >= 1
     assert [r["q"] for r in result["verify_cost"]] == [1, 2, 4]

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from specbench.errors import SpecbenchError
+from specbench.skinny import use_skinny
 
 FORMAT = "specbench-drafter/1"
 
@@ -97,6 +98,7 @@ class Drafter(nn.Module):
                                  f"{self.target_fingerprint}), not {target.name} ({target.fingerprint})")
         self.target_fingerprint = target.fingerprint
         self._target = target
+        use_skinny(self, getattr(target, "skinny_rows", 0))  # the target's product rule for our own linears
         return self
 
     @classmethod
