@@ -62,17 +62,19 @@ class PromptLookupDecoder(ChainSpeculativeDecoder):
 
     def propose(self, active: torch.Tensor) -> Proposal:
         """Look up over the filled part of the history only (the buffer is sized for the whole answer). On a
-        CPU, a step where no active row found a match verifies no draft columns: a 1-token forward, as in
-        HF's prompt lookup, where the padded k+1 tokens cost ~1.6 AR steps (`specbench bench`, smollm2 on 2
-        CPU cores); otherwise the full width (there a 2-4 token forward costs as much as an 8-token one).
-        Deciding needs the match lengths on the host: free on a CPU, but on a GPU it would be a second sync
-        per step that the AR arm does not pay, for a forward whose cost barely depends on its width in the
-        launch-bound regime, so a GPU always verifies the full width."""
+        CPU the verify width is the longest active row's draft: 0 when no active row matched (a 1-token
+        forward), fewer than `depth` when every match is cut at the end of the context — as HF's prompt
+        lookup sizes its candidates. There a forward's cost grows with its width (`specbench bench`,
+        smollm2 on 2 CPU cores: 2 / 4 / 8 tokens cost 1.35 / 1.43 / 2.16 AR steps), so padding columns are
+        not free. Deciding needs the match lengths on the host: free on a CPU, but on a GPU it would be a
+        second sync per step that the AR arm does not pay, for a forward whose cost barely depends on its
+        width in the launch-bound regime, so a GPU always verifies the full width."""
         filled = self.history.ids[:, :max(self.history.host_lengths)]
         proposal = prompt_lookup(filled, self.history.lengths, self.depth, self.max_ngram, self.min_ngram, self.match)
-        if filled.device.type != "cpu" or bool((proposal.lengths > 0).logical_and(active).any()):
+        if filled.device.type != "cpu":
             return proposal
-        return proposal.trimmed(0)
+        longest = int((proposal.lengths * active).max()) if proposal.lengths.numel() else 0
+        return proposal if longest == proposal.tokens.shape[1] else proposal.trimmed(longest)
 
 
 class PromptLookupMethod(Method):

@@ -151,32 +151,38 @@ def bench_pld_vs_prompt_lookup(target, prompts, max_new_tokens, repeats, depth: 
     """Batch 1, prompt by prompt, interleaved; HF's τ from a forward hook (every target forward counts)."""
     method = build_method("pld", target, depth=depth, max_ngram=max_ngram, min_ngram=1)
     calls = [0]
-    hook = target.model.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
     hf_kwargs = {"prompt_lookup_num_tokens": depth, "max_matching_ngram_size": max_ngram}
-    try:
-        _loop_generate(target, method, prompts[:1], 16)
-        _hf_generate(target, prompts[:1], 16, **hf_kwargs)
-        tot = {"pld": [0, 0.0, 0], "hf": [0, 0.0, 0]}
-        identical, ratios = 0, []
-        for r in range(repeats):
-            for i, p in enumerate(prompts):
-                res = {}
-                for who in (["pld", "hf"] if (r + i) % 2 == 0 else ["hf", "pld"]):
-                    calls[0] = 0
-                    if who == "pld":
-                        toks, t, _, out = _loop_generate(target, method, [p], max_new_tokens)
-                        forwards = out.active_steps[0]  # verification forwards (prefill excluded)
-                    else:
-                        toks, t = _hf_generate(target, [p], max_new_tokens, **hf_kwargs)
-                        forwards = calls[0] - 1  # HF's prefill forward excluded
-                    res[who] = (toks[0], t)
-                    tot[who][0] += len(toks[0])
-                    tot[who][1] += t
-                    tot[who][2] += forwards
-                identical += res["pld"][0] == res["hf"][0]
-                ratios.append((len(res["pld"][0]) / res["pld"][1]) / (len(res["hf"][0]) / res["hf"][1]))
-    finally:
-        hook.remove()
+
+    def hf(prompt, n):
+        # the counting hook lives only around HF's call: a pre-hook on the model sends the harness's
+        # direct forward back to model(...) (direct_forward.has_pre_hooks), which would time the wrong loop
+        hook = target.model.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
+        try:
+            return _hf_generate(target, [prompt], n, **hf_kwargs)
+        finally:
+            hook.remove()
+
+    _loop_generate(target, method, prompts[:1], 16)
+    hf(prompts[0], 16)
+    tot = {"pld": [0, 0.0, 0], "hf": [0, 0.0, 0]}
+    identical, ratios = 0, []
+    for r in range(repeats):
+        for i, p in enumerate(prompts):
+            res = {}
+            for who in (["pld", "hf"] if (r + i) % 2 == 0 else ["hf", "pld"]):
+                calls[0] = 0
+                if who == "pld":
+                    toks, t, _, out = _loop_generate(target, method, [p], max_new_tokens)
+                    forwards = out.active_steps[0]  # verification forwards (prefill excluded)
+                else:
+                    toks, t = hf(p, max_new_tokens)
+                    forwards = calls[0] - 1  # HF's prefill forward excluded
+                res[who] = (toks[0], t)
+                tot[who][0] += len(toks[0])
+                tot[who][1] += t
+                tot[who][2] += forwards
+            identical += res["pld"][0] == res["hf"][0]
+            ratios.append((len(res["pld"][0]) / res["pld"][1]) / (len(res["hf"][0]) / res["hf"][1]))
     n = len(prompts) * repeats
     rate = {w: tot[w][0] / tot[w][1] for w in tot}
     tau = {w: (tot[w][0] - n) / max(tot[w][2], 1) for w in tot}  # the prefill's token is in no step
@@ -190,25 +196,36 @@ def bench_pld_vs_prompt_lookup(target, prompts, max_new_tokens, repeats, depth: 
 def bench_verify_cost(target, prompts, widths, repeats: int = 15) -> list[dict]:
     """One target forward of q tokens per row over the prompts' committed cache, median over repeats; the
     widths take turns within each repeat (a drift of the machine's speed hits them alike), and the pending
-    tokens are dropped after each forward, so every forward sees the same context."""
+    tokens are dropped after each forward, so every forward sees the same context. Where the target runs
+    the direct forward, transformers' `model(...)` is timed beside it on the same cache (`*_tf`)."""
     from specbench.decode import prefill_batch
 
     cache, _, last = prefill_batch(target, prompts, max(map(len, prompts)) + max(widths) + 1, SamplingConfig(), None)
     qs = sorted({1, *widths})
-    times: dict[int, list[float]] = {q: [] for q in qs}
+    impls = [target.forward_impl] + (["transformers"] if target.forward_impl == "direct" else [])
+    times = {(impl, q): [] for impl in impls for q in qs}
     for i in range(repeats + 1):
-        for q in (qs if i % 2 == 0 else qs[::-1]):
-            ids = last[:, None].expand(-1, q).contiguous()
-            _sync(target)
-            t0 = time.perf_counter()
-            target.forward(ids, cache)
-            _sync(target)
-            if i:  # the first round is a warm-up
-                times[q].append(time.perf_counter() - t0)
-            cache.commit_prefix([0] * len(prompts))
-    base = statistics.median(times[1])
-    return [{"q": q, "batch_size": len(prompts), "median_ms": statistics.median(times[q]) * 1e3,
-             "relative_to_ar_step": statistics.median(times[q]) / base} for q in qs]
+        for impl in (impls if i % 2 == 0 else impls[::-1]):
+            with _with_forward(target, impl):
+                for q in (qs if i % 2 == 0 else qs[::-1]):
+                    ids = last[:, None].expand(-1, q).contiguous()
+                    _sync(target)
+                    t0 = time.perf_counter()
+                    target.forward(ids, cache)
+                    _sync(target)
+                    if i:  # the first round is a warm-up
+                        times[impl, q].append(time.perf_counter() - t0)
+                    cache.commit_prefix([0] * len(prompts))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    rows = []
+    for q in qs:
+        row = {"q": q, "batch_size": len(prompts), "median_ms": med[impls[0], q] * 1e3,
+               "relative_to_ar_step": med[impls[0], q] / med[impls[0], 1]}
+        if len(impls) > 1:
+            row.update({"median_ms_tf": med["transformers", q] * 1e3,
+                        "relative_to_ar_step_tf": med["transformers", q] / med["transformers", 1]})
+        rows.append(row)
+    return rows
 
 
 def run_bench(target_name, batch_sizes, n_prompts, max_new_tokens, repeats, suite_name, out_dir,
@@ -255,10 +272,12 @@ def run_bench(target_name, batch_sizes, n_prompts, max_new_tokens, repeats, suit
         cost = bench_verify_cost(target, prompts[:1], verify_widths)
         result["verify_cost"] = cost
         table = Table(title="verify cost: one target forward of q tokens (batch 1) relative to an AR step")
-        for col in ("q", "median ms", "× AR step"):
+        with_tf = "median_ms_tf" in cost[0]
+        for col in ("q", "median ms", "× AR step", *(("model(...) ms", "× its AR step") if with_tf else ())):
             table.add_column(col, justify="right")
         for r in cost:
-            table.add_row(str(r["q"]), f"{r['median_ms']:.1f}", f"{r['relative_to_ar_step']:.2f}")
+            table.add_row(str(r["q"]), f"{r['median_ms']:.1f}", f"{r['relative_to_ar_step']:.2f}",
+                          *((f"{r['median_ms_tf']:.1f}", f"{r['relative_to_ar_step_tf']:.2f}") if with_tf else ()))
         console.print(table)
     result["load_average_end"] = load_average()
     result["provenance"] = collect(target.device)

@@ -81,9 +81,9 @@ def test_the_lookup_is_draft_time(tiny_llama):
     assert_draft_work_in_draft_span(build_method("pld", tiny_llama, depth=3), tiny_llama, pld, "prompt_lookup")
 
 
-def test_a_cpu_step_without_an_active_match_verifies_no_draft_columns():
+def test_a_cpu_step_verifies_the_longest_active_draft_only():
     """No active row matched: a 1-token verify (as HF's prompt lookup). A match in a stopped row does not
-    count; any active match verifies the full depth."""
+    count; otherwise the width is the longest active draft (here cut at the context end: 3 of 4)."""
     from types import SimpleNamespace
 
     from specbench.methods.pld import PromptLookupDecoder
@@ -93,6 +93,7 @@ def test_a_cpu_step_without_an_active_match_verifies_no_draft_columns():
     ids = torch.tensor([[1, 2, 3, 1, 2, 0], [5, 6, 7, 8, 0, 0]])  # row 0 repeats "1 2", row 1 never repeats
     decoder.history = SimpleNamespace(ids=ids, host_lengths=[5, 4], lengths=torch.tensor([5, 4]))
     both = decoder.propose(torch.tensor([True, True]))
-    assert both.tokens.shape[1] == 4 and both.lengths.tolist() == [3, 0]
+    assert both.tokens.shape[1] == 3 and both.lengths.tolist() == [3, 0]
+    assert both.tokens[0].tolist() == [3, 1, 2]
     only_unmatched = decoder.propose(torch.tensor([False, True]))
     assert only_unmatched.tokens.shape[1] == 0 and only_unmatched.lengths.tolist() == [0, 0]
