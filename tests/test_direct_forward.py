@@ -193,3 +193,21 @@ def test_unsupported_architectures_say_why(tiny_llama):
     finally:
         config.layer_types = old
     assert direct_forward.supported(tiny_llama.model) is None
+
+
+@pytest.mark.parametrize("name", ["tiny_llama", "tiny_qwen3"])
+def test_decoder_states_of_embeddings_match_transformers(name, request, exact):
+    """MTP's pass (rows of its own embeddings through the target) runs the same direct layers."""
+    target = exact(request.getfixturevalue(name))
+    gen = torch.Generator().manual_seed(3)
+    embeds = torch.randn(2, 5, target.config.hidden_size, generator=gen)
+    intra = torch.tril(torch.ones(5, 5, dtype=torch.bool))
+    states = []
+    for t in (target, _twin(target)):
+        cache = t.new_cache(2, 16)
+        cache.begin_write(3)
+        cache.commit_prefix([3, 2])
+        positions = cache.begin_write(5)
+        states.append(t.decoder_states(embeds, positions, cache.attention_mask(intra, t.dtype), cache))
+    assert torch.equal(states[0], states[1])
+    assert torch.equal(target.head(states[0]), _twin(target).head(states[1]))
