@@ -236,6 +236,19 @@ def test_contended_single_runs_are_flagged_from_their_own_load_readings(tmp_path
     assert "up to 3.5 on 2 CPUs" in html
 
 
+def test_runs_of_different_target_forwards_are_flagged(tmp_path):
+    """A run on transformers' model(...) and one on the direct forward with W·Xᵀ products time different
+    runtimes (issue 20): the page names both and warns; runs of one runtime are not flagged."""
+    fake_run(tmp_path, "ar")
+    html = unescape(build_report(results_dir=tmp_path, out=tmp_path / "r.html").html.read_text())
+    assert "different target forwards" not in html and "model(...)" in html
+    direct = fake_run(tmp_path, "pld")
+    manifest = direct.read_manifest()
+    direct.write_manifest({**manifest, "target": {**manifest["target"], "forward": "direct", "skinny_rows": 8}})
+    html = unescape(build_report(results_dir=tmp_path, out=tmp_path / "r.html").html.read_text())
+    assert "runs come from 2 different target forwards" in html and "direct, W·Xᵀ ≤ 8 rows" in html
+
+
 def test_drafter_training_is_shown_and_unequal_training_is_flagged(tmp_path):
     """τ of drafters trained for 971 vs 80 steps measures training as much as the method: say so, and
     show each drafter's steps, wall time and device next to its cost."""

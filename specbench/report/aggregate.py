@@ -163,6 +163,16 @@ def _drafter_training(manifest: dict) -> dict:
             "drafter_path": d.get("path"), "drafter_run": run}
 
 
+def runtime_label(target: dict) -> str:
+    """Which target forward a run measured (issue 20): the harness's direct forward and its product rule,
+    or transformers' `model(...)` (manifests before the direct forward say nothing: that one)."""
+    regime = "" if target.get("regime") in (None, "eager") else f", {target['regime']}"
+    if target.get("forward") != "direct":
+        return "model(...)" + regime
+    rows = target.get("skinny_rows") or 0
+    return (f"direct, W·Xᵀ ≤ {rows} rows" if rows else "direct") + regime
+
+
 def run_row(run: LoadedRun) -> dict:
     m, s = run.manifest, run.summary or {}
     c = m.get("config", {})
@@ -187,6 +197,7 @@ def run_row(run: LoadedRun) -> dict:
         "hardware": hw.get("gpu") or hw.get("cpu"), "threads": hw.get("torch_threads"),
         "git_sha": (git.get("sha") or "")[:10] + ("+dirty" if git.get("dirty") else ""),
         "torch": versions.get("torch"), "transformers": versions.get("transformers"),
+        "runtime": runtime_label(m.get("target") or {}),
         "created": prov.get("created"), "executor": (m.get("executor") or {}).get("name", "specbench run"),
         "load_average": _max_load(m, hw),
         "cpu_count": (m.get("executor") or {}).get("cpu_count") or hw.get("cpu_count"),
@@ -440,6 +451,7 @@ def provenance_warnings(df: pd.DataFrame) -> list[str]:
         for col, what in (("git_sha", "git commits"), ("device", "devices"), ("hardware", "hardware"),
                           ("dtype", "dtypes"), ("threads", "torch thread counts"), ("torch", "torch versions"),
                           ("transformers", "transformers versions"), ("max_new_tokens", "max_new_tokens"),
+                          ("runtime", "target forwards (runtimes: their speedups are not comparable)"),
                           ("target_fingerprint", "target weights (fingerprints)")):
             values = sorted({str(v) for v in rows[col] if v is not None and v == v})
             if len(values) > 1:

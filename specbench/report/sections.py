@@ -422,7 +422,7 @@ def runs_table(df: pd.DataFrame) -> Table:
 PROVENANCE_FIELDS = (("target", "targets"), ("target_fingerprint", "target fingerprints"), ("git_sha", "git commits"),
                      ("device", "devices"), ("hardware", "hardware"), ("threads", "torch threads"),
                      ("dtype", "dtypes"), ("torch", "torch"), ("transformers", "transformers"),
-                     ("executor", "executed by"), ("max_new_tokens", "max new tokens"))
+                     ("runtime", "target forward"), ("executor", "executed by"), ("max_new_tokens", "max new tokens"))
 
 
 def provenance_summary(df: pd.DataFrame) -> list:
@@ -444,12 +444,12 @@ def provenance_summary(df: pd.DataFrame) -> list:
 
 def run_provenance_items(df: pd.DataFrame, incomplete: list, failed_cells: list[dict]) -> list:
     cols = ["run_id", "created", "git_sha", "device", "hardware", "threads", "dtype", "torch", "transformers",
-            "target_fingerprint", "executor", "load_average"]
+            "runtime", "target_fingerprint", "executor", "load_average"]
     rows = [[Cell(str(getattr(r, c)) if getattr(r, c) is not None and getattr(r, c) == getattr(r, c) else "—")
              for c in cols] for r in df.itertuples()]
     items = [Table("run_provenance", "Where each run came from", ["run", "created (UTC)", "git", "device",
-                   "hardware", "threads", "dtype", "torch", "transformers", "target fingerprint", "executor",
-                   "max load (1 min)"],
+                   "hardware", "threads", "dtype", "torch", "transformers", "target forward", "target fingerprint",
+                   "executor", "max load (1 min)"],
                    rows, df[cols], collapsed=f"Provenance of each of the {len(df)} runs")]
     if incomplete:
         rows = [[Cell(r.run_id), Cell(str(r.manifest.get("status"))), Cell(str(r.manifest.get("error") or "—"))]
