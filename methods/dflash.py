@@ -38,9 +38,9 @@ from specbench.engine import ChainSpeculativeDecoder, Proposal
 from specbench.kv_cache import RowKVCache
 from specbench.layers import DecoderLayerShape, RMSNorm, apply_rotary, rotary
 from specbench.methods.base import Method
+from specbench.skinny import product
 from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
-from specbench.skinny import product
 from specbench.training.features import capture_layers
 
 PAPER_DEFAULTS = {"num_layers": 5, "block_size": 16, "gamma": 7.0, "num_anchors": 512}
