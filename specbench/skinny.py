@@ -13,38 +13,137 @@ box, smollm2-135m's 211 weights (540 MB, streamed from memory) per step, median 
 | `F.linear`, 1 thread (ms) | 34.7 | 58.5 | 93.6 | 56.0 | 65.2 | 65.7 | 83.9 | 94.6 |
 | `W @ Xᵀ`, 1 thread (ms) | 27.1 | 32.2 | 36.2 | 31.3 | 58.5 | 65.6 | 127.4 | 102.2 |
 
-Hence the rule: products of at most 8 rows (float32, CPU) run as `W @ Xᵀ`, a lone row doubled so it
-stays a GEMM. The sums then run in another order than `F.linear`'s, so results differ from it in the
-last bits; the rule is the same for every product of the process — the target's forward in both arms
+On a second 2-core box (AVX-512, 2026-12-04) the same products turned the other way: `F.linear`
+20-43 ms for 1-8 rows at 2 threads, `W @ Xᵀ` ~50 ms at every width, so the rule made the AR loop 0.52x
+`generate` there instead of 1.52x. The cut-off is therefore measured on the machine at hand, not
+assumed: on the target's own weights (`measure`), once per (CPU, torch, threads, dtype, weight shapes),
+stored in the cache (`calibrated_rows`). It is the largest of 1, 2, 4, 8 rows at and below which
+`W @ Xᵀ` beats `F.linear` by 10 % at every measured width; 0 (`F.linear` everywhere) if it never does.
+
+The sums of `W @ Xᵀ` run in another order than `F.linear`'s, so results differ from it in the last bits;
+the rule is the same for every product of the process — the target's forward in both arms
 (`direct_forward`) and the drafters' own linears (`use_skinny`, at attach) — so no arm gets faster
-kernels than another. `SPECBENCH_SKINNY_ROWS` sets the cut-off (0: off, `F.linear` everywhere) for CPUs
-unlike the measured one; the manifest records it (`Target.describe`).
+kernels than another. `SPECBENCH_SKINNY_ROWS` sets the cut-off (0: off) without measuring; the manifest
+records the cut-off and where it came from (`Target.describe`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import platform
+import statistics
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: measured cut-off (module docstring): `W @ Xᵀ` wins up to 8 rows at 1 and 2 threads, loses at 12
-CPU_ROWS = 8
+#: the widths measured, and the margin `W @ Xᵀ` must win by at each (a tie is not worth the other rounding)
+WIDTHS = (1, 2, 4, 8)
+MARGIN = 0.9
+#: weights timed per pass: enough bytes to stream from memory as the forward does (past any CPU cache),
+#: few enough that an 8B target measures as fast as a 135M one
+SAMPLE_BYTES = 256 * 2**20
 
 
-def default_rows(device: torch.device, dtype: torch.dtype) -> int:
-    """The cut-off for a target on `device` in `dtype`: `CPU_ROWS` for float32 on a CPU, else 0 (CUDA's
-    GEMMs have no such cliff, and bfloat16 on a CPU was not measured); `SPECBENCH_SKINNY_ROWS` overrides."""
+def default_rows(device: torch.device, dtype: torch.dtype, weights=None, store: Path | None = None) -> tuple[int, str]:
+    """`(cut-off, source)` for a target on `device` in `dtype`: `SPECBENCH_SKINNY_ROWS` if set ("env");
+    0 off a CPU or outside float32 ("off": CUDA's GEMMs have no such cliff, bfloat16 was not measured);
+    else measured on `weights` (the target's linear weights), cached under `store` ("measured")."""
     env = os.environ.get("SPECBENCH_SKINNY_ROWS")
     if env is not None:
         try:
-            return max(int(env), 0)
+            return max(int(env), 0), "env"
         except ValueError:
             from specbench.errors import SpecbenchError
 
             raise SpecbenchError(f"SPECBENCH_SKINNY_ROWS must be an integer, not {env!r}") from None
-    return CPU_ROWS if device.type == "cpu" and dtype == torch.float32 else 0
+    if device.type != "cpu" or dtype != torch.float32 or not weights:
+        return 0, "off"
+    return calibrated_rows(weights, store), "measured"
+
+
+def choose_rows(timings: dict[int, tuple[float, float]]) -> int:
+    """The cut-off from `{rows: (F.linear ms, W @ Xᵀ ms)}`: the largest width at and below which every
+    measured width has `W @ Xᵀ` faster by `MARGIN`; 0 when the narrowest already loses."""
+    rows = 0
+    for width in sorted(timings):
+        linear_ms, skinny_ms = timings[width]
+        if skinny_ms >= MARGIN * linear_ms:
+            break
+        rows = width
+    return rows
+
+
+def measure(weights, widths=WIDTHS, repeats: int = 3) -> dict[int, tuple[float, float]]:
+    """Median ms of one pass of `F.linear` and of `W @ Xᵀ` over a sample of `weights` per width,
+    the two interleaved so a neighbour's load falls on both."""
+    sample, total = [], 0
+    for w in weights:
+        sample.append(w.detach())
+        total += w.numel() * w.element_size()
+        if total >= SAMPLE_BYTES:
+            break
+    timings = {}
+    with torch.inference_mode():
+        for width in widths:
+            xs = [torch.randn(width, w.shape[1], dtype=w.dtype) for w in sample]
+            runs = {"linear": [], "skinny": []}
+            for i in range(repeats + 1):
+                for name, fn in (("linear", F.linear), ("skinny", lambda x, w: product(w, None, x, width))):
+                    start = time.perf_counter()
+                    for w, x in zip(sample, xs):
+                        fn(x, w)
+                    if i:  # the first round warms both up
+                        runs[name].append((time.perf_counter() - start) * 1e3)
+            timings[width] = (statistics.median(runs["linear"]), statistics.median(runs["skinny"]))
+    return timings
+
+
+def machine_key(weights, dtype: torch.dtype) -> str:
+    """What the measurement depends on: the CPU, torch, the thread count, the dtype, the weight shapes."""
+    shapes = sorted({tuple(w.shape) for w in weights})
+    parts = [_cpu_name(), torch.__version__, str(torch.get_num_threads()), str(dtype), str(shapes)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def calibrated_rows(weights, store: Path | None) -> int:
+    """The cut-off measured for these weights on this machine, read from `store` when measured before."""
+    weights = list(weights)
+    path = None if store is None else store / f"{machine_key(weights, weights[0].dtype)}.json"
+    if path is not None and path.exists():
+        try:
+            return int(json.loads(path.read_text())["rows"])
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable: measure again
+    timings = measure(weights)
+    rows = choose_rows(timings)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"rows": rows, "cpu": _cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "timings_ms": {str(k): {"linear": v[0], "skinny": v[1]} for k, v in timings.items()},
+                  "load_average": list(os.getloadavg()), "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+    return rows
+
+
+def _cpu_name() -> str:
+    """The CPU's model name and a hash of its feature flags (the same name ships with and without AVX-512)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    info = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    flags = hashlib.sha256(info.get("flags", "").encode()).hexdigest()[:8]
+    return f"{info.get('model name') or platform.machine()} | flags {flags}"
 
 
 def product(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor, skinny_rows: int) -> torch.Tensor:

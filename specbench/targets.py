@@ -22,6 +22,7 @@ import torch
 from specbench.errors import SpecbenchError
 from specbench.hub import hub_reachable
 from specbench.kv_cache import RowKVCache
+from specbench.locks import exclusive
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -114,7 +115,12 @@ class Target:
         self._attention = None if self.direct_unsupported else direct_forward.attention_function(self.model)
         self._causal_flag = getattr(self.config, "_attn_implementation", None) == "sdpa"
         #: products of at most this many rows run as `W @ Xᵀ` (`specbench.skinny`; 0 = `F.linear` everywhere)
-        self.skinny_rows = skinny.default_rows(self.device, self.dtype) if self.forward_impl == "direct" else 0
+        #: measured on this machine once and cached; "env", "measured" or "off" in the manifest
+        self.skinny_rows, self.skinny_source = 0, "off"
+        if self.forward_impl == "direct":
+            weights = [m.weight for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
+            self.skinny_rows, self.skinny_source = skinny.default_rows(self.device, self.dtype, weights,
+                                                                       cache_dir() / "skinny")
         eos = self.config.eos_token_id
         ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
         if self.tokenizer.eos_token_id is not None:
@@ -155,7 +161,7 @@ class Target:
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
                 "attn_implementation": getattr(self.config, "_attn_implementation", None),
                 "regime": self.regime, "compile_mode": self.compile_mode, "forward": self.forward_impl,
-                "skinny_rows": self.skinny_rows,
+                "skinny_rows": self.skinny_rows, "skinny_source": self.skinny_source,
                 "chat": self.chat.as_dict()}
 
     # -- prompts -------------------------------------------------------------------------------
@@ -285,19 +291,26 @@ def _load_gguf(directory: Path, filename: str, dtype: torch.dtype, converted: Pa
         import gguf  # noqa: F401
     except ImportError as e:
         raise SpecbenchError(f"loading GGUF files needs the '{e.name}' package: pip install gguf accelerate") from None
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-    if converted is not None:
+    if converted is None:
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+        return model.to(dtype), AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    # one converter at a time: two processes started together (two trainings side by side, a sweep)
+    # would write the same folder; the second waits and loads the first one's copy
+    with exclusive(converted.with_name(converted.name + ".lock")):
+        if (converted / "config.json").exists():
+            return _load_gguf(directory, filename, dtype, converted)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
         tmp = converted.with_name(converted.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a killed conversion; the lock says no one writes it
         model.config.quantization_config = None
         if hasattr(model, "hf_quantizer"):
             model.hf_quantizer = None
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        if converted.exists():  # another process converted it meanwhile
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, converted)
+        if converted.exists():  # a half-written copy of a run killed before the lock existed
+            shutil.rmtree(converted)
+        os.replace(tmp, converted)
     return model.to(dtype), tok
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import json
+
 import pytest
 import torch
 
@@ -95,10 +97,11 @@ def test_direct_forward_with_eager_attention():
 
 @pytest.mark.parametrize("name", ["tiny_qwen3", "smollm2"])
 def test_skinny_products_change_only_rounding(name, request):
-    """The default rule (W·Xᵀ up to 8 rows on a CPU) against transformers: the same logits to float32
-    rounding and the same argmax at every position, on every write of a decode loop."""
+    """The rule at its widest measured cut-off (W·Xᵀ up to 8 rows, the tests' `SPECBENCH_SKINNY_ROWS`)
+    against transformers: the same logits to float32 rounding and the same argmax at every position, on
+    every write of a decode loop."""
     target = request.getfixturevalue(name)
-    assert target.skinny_rows == skinny.CPU_ROWS and target.describe()["skinny_rows"] == skinny.CPU_ROWS
+    assert target.skinny_rows == 8 and target.describe()["skinny_source"] == "env"
     for writes in (_writes, _uniform_writes):
         direct, _ = writes(target, torch.Generator().manual_seed(0))
         hf, _ = writes(_twin(target), torch.Generator().manual_seed(0))
@@ -132,17 +135,49 @@ def test_drafters_take_the_rule_without_changing_their_state():
         torch.relu(torch.nn.functional.linear(x, net[0].weight, net[0].bias)), net[2][0].weight, net[2][0].bias))
 
 
-def test_skinny_rows_follow_device_dtype_and_override(monkeypatch):
-    cpu = torch.device("cpu")
+def test_skinny_rows_follow_device_dtype_and_override(monkeypatch, tmp_path):
+    cpu, weights = torch.device("cpu"), [torch.randn(64, 64)]
     monkeypatch.delenv("SPECBENCH_SKINNY_ROWS", raising=False)
-    assert skinny.default_rows(cpu, torch.float32) == skinny.CPU_ROWS
-    assert skinny.default_rows(cpu, torch.bfloat16) == 0
-    assert skinny.default_rows(torch.device("cuda"), torch.float32) == 0
+    monkeypatch.setattr(skinny, "measure", lambda w: {1: (2.0, 1.0), 2: (2.0, 1.0), 4: (2.0, 1.0), 8: (2.0, 1.0)})
+    assert skinny.default_rows(cpu, torch.float32, weights, tmp_path) == (8, "measured")
+    assert skinny.default_rows(cpu, torch.bfloat16, weights, tmp_path) == (0, "off")
+    assert skinny.default_rows(torch.device("cuda"), torch.float32, weights, tmp_path) == (0, "off")
     monkeypatch.setenv("SPECBENCH_SKINNY_ROWS", "0")
-    assert skinny.default_rows(cpu, torch.float32) == 0
+    assert skinny.default_rows(cpu, torch.float32, weights, tmp_path) == (0, "env")
     monkeypatch.setenv("SPECBENCH_SKINNY_ROWS", "many")
     with pytest.raises(SpecbenchError, match="SPECBENCH_SKINNY_ROWS"):
-        skinny.default_rows(cpu, torch.float32)
+        skinny.default_rows(cpu, torch.float32, weights, tmp_path)
+
+
+@pytest.mark.parametrize("timings, rows", [
+    # the first box (module docstring), 2 threads: W·Xᵀ wins at every width up to 8
+    ({1: (34.8, 17.3), 2: (55.6, 15.9), 4: (53.5, 16.7), 8: (49.6, 35.4)}, 8),
+    # the same box, 1 thread: a tie at 8 rows is not a win
+    ({1: (34.7, 27.1), 2: (58.5, 32.2), 4: (56.0, 31.3), 8: (65.7, 65.6)}, 4),
+    # the AVX-512 box, 2 threads: F.linear wins everywhere, the rule is off
+    ({1: (20.4, 51.1), 2: (19.7, 50.1), 4: (33.1, 50.3), 8: (43.0, 48.9)}, 0),
+    # a narrow loss stops the cut-off even if a wider width would win
+    ({1: (30.0, 20.0), 2: (30.0, 29.0), 4: (60.0, 20.0), 8: (60.0, 20.0)}, 1),
+])
+def test_the_cut_off_is_the_widest_width_that_wins_all_the_way(timings, rows):
+    assert skinny.choose_rows(timings) == rows
+
+
+def test_the_measured_cut_off_is_stored_per_machine_and_reused(monkeypatch, tmp_path):
+    monkeypatch.delenv("SPECBENCH_SKINNY_ROWS", raising=False)
+    calls = []
+    monkeypatch.setattr(skinny, "measure", lambda w: calls.append(1) or {1: (2.0, 1.0), 2: (2.0, 1.0), 4: (2.0, 3.0)})
+    weights = [torch.randn(32, 16), torch.randn(16, 32)]
+    assert skinny.calibrated_rows(weights, tmp_path) == 2 and len(calls) == 1
+    stored = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert stored["rows"] == 2 and stored["threads"] == torch.get_num_threads() and "load_average" in stored
+    assert skinny.calibrated_rows(weights, tmp_path) == 2 and len(calls) == 1  # read back, not measured
+    assert skinny.calibrated_rows([torch.randn(64, 16)], tmp_path) == 2 and len(calls) == 2  # other shapes
+
+
+def test_measure_times_both_products_at_each_width():
+    timings = skinny.measure([torch.randn(128, 64), torch.randn(64, 128)], widths=(1, 4), repeats=1)
+    assert set(timings) == {1, 4} and all(a > 0 and b > 0 for a, b in timings.values())
 
 
 def test_a_wrong_causal_flag_would_be_caught(tiny_llama, monkeypatch, exact):

@@ -73,3 +73,50 @@ def test_smollm2_loads_offline_with_chat_template(smollm2):
     text = smollm2.tokenizer.decode(smollm2.render([{"role": "user", "content": "2+2?"}]))
     assert "You are a helpful AI assistant named SmolLM" in text
     assert smollm2.tokenizer.convert_ids_to_tokens(smollm2.eos_token_ids[0]) == "<|im_end|>"
+
+
+def test_two_first_loads_at_once_convert_the_gguf_once(tiny_llama, tmp_path, monkeypatch):
+    """Two processes loading a GGUF target for the first time together (two trainings side by side)
+    wrote one `.tmp` folder at once and one of them crashed; now the second waits for the first copy."""
+    import threading
+    import time
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specbench import targets
+
+    conversions = []
+    real_model, real_tok = AutoModelForCausalLM.from_pretrained, AutoTokenizer.from_pretrained
+
+    def model_from(path, gguf_file=None, **kw):
+        if gguf_file is None:
+            return real_model(path, **kw)
+        conversions.append(gguf_file)
+        time.sleep(0.5)  # dequantizing takes seconds: the other loader starts meanwhile
+        return type(tiny_llama.model)(tiny_llama.model.config).eval()
+
+    def tok_from(path, gguf_file=None, **kw):
+        return tiny_llama.tokenizer if gguf_file is not None else real_tok(path, **kw)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", model_from)
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", tok_from)
+    converted = tmp_path / "targets" / "tiny"
+    converted.parent.mkdir()
+    loaded, errors = [], []
+
+    def load():
+        try:
+            loaded.append(targets._load_gguf(tmp_path, "tiny.gguf", torch.float32, converted))
+        except Exception as e:  # noqa: BLE001  reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(loaded) == 2
+    assert conversions == ["tiny.gguf"]
+    assert (converted / "config.json").exists() and not list(tmp_path.glob("targets/tiny.tmp*"))
+    a, b = (dict(m.named_parameters()) for m, _ in loaded)
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -30,7 +30,6 @@ import os
 import shlex
 import time
 import zlib
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import torch
 
 from specbench.errors import SpecbenchError
 from specbench.jsonl import append_jsonl, read_jsonl
+from specbench.locks import exclusive
 from specbench.targets import cache_dir
 from specbench.training.data import DataSource, PromptItem
 
@@ -187,22 +187,8 @@ def regenerate(target, source: DataSource, settings: RegenSettings, batch_size: 
     path.parent.mkdir(parents=True, exist_ok=True)
     if shard[1] > 1:
         return _regenerate(target, source, settings, batch_size, progress, path, shard)
-    with _exclusive(path.with_suffix(".lock")):
+    with exclusive(path.with_suffix(".lock")):
         return _regenerate(target, source, settings, batch_size, progress, path, shard)
-
-
-@contextmanager
-def _exclusive(lock_path: Path):
-    """One writer per corpus file: two trainings started together (a sweep, a GPU running several
-    methods at once) would otherwise both append the same records and interleave lines."""
-    import fcntl
-
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class _CorpusWriter:
@@ -219,7 +205,7 @@ class _CorpusWriter:
         if not self.shared:
             self._append(records, set())
             return
-        with _exclusive(self.path.with_suffix(".lock")):
+        with exclusive(self.path.with_suffix(".lock")):
             written = {r.get("id") for r in read_jsonl(self.path)} if self.path.exists() else set()
             self._append([r for r in records if r["id"] not in written], written)
 
