@@ -27,7 +27,8 @@ ARMS = ("method", "baseline")
 TURN_FIELD_DEFAULTS = {"draft_lengths": None}
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write `data` whole or not at all (tmp file, then rename); one-line error, the old file kept."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
@@ -61,7 +62,7 @@ class RunDir:
             raise SpecbenchError(f"run {self.run_id}: unreadable manifest.json ({e})") from None
 
     def write_manifest(self, manifest: dict) -> None:
-        _write_json_atomic(self.manifest_path, manifest)
+        write_json_atomic(self.manifest_path, manifest)
 
     def update_manifest(self, **fields) -> dict:
         manifest = self.read_manifest()
@@ -70,7 +71,7 @@ class RunDir:
         return manifest
 
     def write_summary(self, summary: dict) -> None:
-        _write_json_atomic(self.summary_path, summary)
+        write_json_atomic(self.summary_path, summary)
 
     def read_summary(self) -> dict | None:
         if not self.summary_path.exists():

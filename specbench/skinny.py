@@ -103,32 +103,36 @@ def measure(weights, widths=WIDTHS, repeats: int = 3) -> dict[int, tuple[float, 
     return timings
 
 
-def machine_key(weights, dtype: torch.dtype) -> str:
+def machine_key(weights) -> str:
     """What the measurement depends on: the CPU, torch, the thread count, the dtype, the weight shapes."""
     shapes = sorted({tuple(w.shape) for w in weights})
-    parts = [_cpu_name(), torch.__version__, str(torch.get_num_threads()), str(dtype), str(shapes)]
+    parts = [_cpu_name(), torch.__version__, str(torch.get_num_threads()), str(weights[0].dtype), str(shapes)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def calibrated_rows(weights, store: Path | None) -> int:
-    """The cut-off measured for these weights on this machine, read from `store` when measured before."""
+    """The cut-off measured for these weights on this machine, read from `store` when measured before.
+    One process measures at a time (two trainings started together would each time the products under
+    the other's load, and could pick different rules); the next one reads its result."""
     weights = list(weights)
-    path = None if store is None else store / f"{machine_key(weights, weights[0].dtype)}.json"
-    if path is not None and path.exists():
-        try:
-            return int(json.loads(path.read_text())["rows"])
-        except (ValueError, KeyError, TypeError):
-            pass  # unreadable: measure again
-    timings = measure(weights)
-    rows = choose_rows(timings)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"rows": rows, "cpu": _cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                  "timings_ms": {str(k): {"linear": v[0], "skinny": v[1]} for k, v in timings.items()},
-                  "load_average": list(os.getloadavg()), "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+    if store is None:
+        return choose_rows(measure(weights))
+    from specbench.locks import exclusive
+    from specbench.results import write_json_atomic
+
+    path = store / f"{machine_key(weights)}.json"
+    with exclusive(path.with_suffix(".lock")):
+        if path.exists():
+            try:
+                return int(json.loads(path.read_text())["rows"])
+            except (ValueError, KeyError, TypeError):
+                pass  # unreadable: measure again
+        timings = measure(weights)
+        rows = choose_rows(timings)
+        write_json_atomic(path, {
+            "rows": rows, "cpu": _cpu_name(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "timings_ms": {str(k): {"linear": v[0], "skinny": v[1]} for k, v in timings.items()},
+            "load_average": list(os.getloadavg()), "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return rows
 
 

@@ -282,10 +282,11 @@ def _load_gguf(directory: Path, filename: str, dtype: torch.dtype, converted: Pa
     """Dequantize a GGUF once and keep a safetensors copy, so later loads take a second, not twenty."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    def load_converted():
+        return AutoModelForCausalLM.from_pretrained(converted, dtype=dtype), AutoTokenizer.from_pretrained(converted)
+
     if converted is not None and (converted / "config.json").exists():
-        model = AutoModelForCausalLM.from_pretrained(converted, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(converted)
-        return model, tok
+        return load_converted()
     try:
         import accelerate  # noqa: F401  transformers refuses GGUF files without it
         import gguf  # noqa: F401
@@ -298,7 +299,7 @@ def _load_gguf(directory: Path, filename: str, dtype: torch.dtype, converted: Pa
     # would write the same folder; the second waits and loads the first one's copy
     with exclusive(converted.with_name(converted.name + ".lock")):
         if (converted / "config.json").exists():
-            return _load_gguf(directory, filename, dtype, converted)
+            return load_converted()
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
         tmp = converted.with_name(converted.name + ".tmp")

@@ -5,7 +5,6 @@ same up to float rounding with it on, hooks still firing."""
 from __future__ import annotations
 
 import dataclasses
-
 import json
 
 import pytest
@@ -173,6 +172,30 @@ def test_the_measured_cut_off_is_stored_per_machine_and_reused(monkeypatch, tmp_
     assert stored["rows"] == 2 and stored["threads"] == torch.get_num_threads() and "load_average" in stored
     assert skinny.calibrated_rows(weights, tmp_path) == 2 and len(calls) == 1  # read back, not measured
     assert skinny.calibrated_rows([torch.randn(64, 16)], tmp_path) == 2 and len(calls) == 2  # other shapes
+
+
+def test_one_process_measures_and_the_others_read_its_cut_off(monkeypatch, tmp_path):
+    """Two loads at once (two trainings started together) must not each time the products under the
+    other's load and pick different rules: the second waits for the first's result."""
+    import threading
+    import time
+
+    calls = []
+
+    def slow_measure(w):
+        calls.append(1)
+        time.sleep(0.3)
+        return {1: (2.0, 1.0), 2: (2.0, 3.0)}
+
+    monkeypatch.setattr(skinny, "measure", slow_measure)
+    weights, rows = [torch.randn(32, 16)], []
+    threads = [threading.Thread(target=lambda: rows.append(skinny.calibrated_rows(weights, tmp_path)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert rows == [1, 1] and len(calls) == 1
 
 
 def test_measure_times_both_products_at_each_width():
