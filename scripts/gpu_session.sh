@@ -4,9 +4,9 @@
 #   phase2: second half; train all methods (ONLY="..." picks some) plus EXTRA arms in parallel for BUDGET
 #           minutes each (same data, same wall budget); pack drafters (fp16 chunks), return the first 60 MiB
 #   phase3: return the remaining chunks; time each method against AR on gsm8k (DEADLINE s)
-#   phase4 (after phase1; no smollm2 needed): issue 20 at the paper's target size, random-weight Qwen3-8B in
-#           bf16: one forward vs the roofline, eager and compiled (`specbench profile`), and the AR step of both
-#           regimes through the decode loop (AR vs AR on GSM8K prompts), into $OUT/phase4/ (a few minutes)
+#   phase4 (alone; one call): issue 20 at the paper's target size and at smollm2's, random weights (no download): one
+#           forward vs the roofline, eager and compiled (`specbench profile`), and AR/pld runs in both regimes
+#           (tokens compared across regimes) -> $OUT/phase4.tar.xz; needs .dev/gsm8k.tar.xz only
 # The files travel in .dev/ (git-ignored): gguf.part1/2, data.tar.xz, whl/.
 # Timing on an H200 (2026-11-26): BUDGET=6 -> phase2 535 s (one call may run 600 s: keep BUDGET <= 6),
 # phase3 ~190 s with LIMIT=4; about 13 of a session's 15 device minutes in all.
@@ -76,15 +76,27 @@ if [ "$phase" = phase3 ]; then
 fi
 
 if [ "$phase" = phase4 ]; then
-  DEV=${DEV:-cuda}; R=$OUT/phase4; mkdir -p $R; install_specbench
-  for regime in eager compiled; do
-    flag=""; [ $regime = compiled ] && flag="--compiled"
-    timeout 200 $SB profile --random-weights qwen3-8b --dtype bfloat16 --device $DEV --batch 1,4 --q 1,2,4,8,16 \
-      --context 512 --repeats 20 --warmup 5 $flag --out $R >$R/profile-$regime.log 2>&1
-    echo "== profile $regime rc=$? at $(el) s"; tail -12 $R/profile-$regime.log
-    timeout 150 $SB run --method ar --suite gsm8k --target random:qwen3-8b --device $DEV --dtype bfloat16 --regime $regime \
-      --limit 4 --max-new-tokens 64 --results-dir $R/runs --run-id ar-$regime --no-progress </dev/null >$R/run-$regime.log 2>&1
-    echo "== AR loop $regime rc=$? at $(el) s"; tail -6 $R/run-$regime.log
-  done
-  nvidia-smi > $R/nvidia-smi.txt 2>&1; echo "phase4 done in $(el) s"; exit 0
+  # one call, nothing else needed (.dev/gsm8k.tar.xz: the GSM8K test split): profile and runs in priority order,
+  # each capped so the whole ends by DEADLINE s; every log, profile and run comes back in one $OUT/phase4.tar.xz
+  DEADLINE=${DEADLINE:-520}; DEV=${DEV:-cuda}; BIG=${BIG:-qwen3-8b}; SMALL=${SMALL:-smollm2-135m}
+  R=$W/phase4; mkdir -p $R $W/data && tar -xJf .dev/gsm8k.tar.xz -C $W/data; install_specbench
+  [ "$DEV" = cuda ] && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+  step() {  # NAME CAP-SECONDS COMMAND...
+    local name=$1 cap=$2 left; shift 2; left=$(( DEADLINE - $(el) ))
+    [ $left -lt 25 ] && { echo "== $name skipped: $left s left"; return; }; [ $cap -gt $left ] && cap=$left
+    timeout $cap "$@" </dev/null >$R/$name.log 2>&1; echo "== $name rc=$? at $(el) s"; tail -n ${TAIL:-12} $R/$name.log
+  }
+  PROF="$SB profile --device $DEV --context ${CONTEXT:-512} --repeats ${REPEATS:-20} --warmup ${WARMUP:-5} --out $R"
+  step prof-big-eager 100 $PROF --random-weights $BIG --dtype bfloat16 --batch 1,4 --q 1,2,4,8,16
+  step prof-big-compiled-q1 200 $PROF --random-weights $BIG --dtype bfloat16 --batch 1 --q 1 --compiled
+  step prof-small-eager 60 $PROF --random-weights $SMALL --dtype float32 --batch 1,4 --q 1,2,4,8,16
+  step prof-small-compiled 120 $PROF --random-weights $SMALL --dtype float32 --batch 1 --q 1,8 --compiled
+  for regime in eager compiled; do for m in ar pld; do
+    step run-small-$m-$regime 90 $SB run --method $m --suite gsm8k --target random:$SMALL --device $DEV --dtype float32 \
+      --regime $regime --limit ${LIMIT:-4} --max-new-tokens ${NEW:-64} --results-dir $R/runs --run-id small-$m-$regime --no-progress
+  done; done
+  step prof-big-compiled-q8 150 $PROF --random-weights $BIG --dtype bfloat16 --batch 1 --q 8 --compiled
+  [ "$DEV" = cuda ] && nvidia-smi > $R/nvidia-smi.txt 2>&1
+  tar -cJf $OUT/phase4.tar.xz -C $W phase4; echo "phase4 done in $(el) s"; exit 0
 fi

@@ -26,6 +26,9 @@ import torch
 #: warm-up) share one shape, and no timed batch compiles; attention over the spare slots is masked
 CAPACITY_BUCKET = 1024
 REGIMES = ("eager", "compiled")
+#: graphs kept per compiled function: one per (batch, q) shape a run or a profile grid uses. torch's default
+#: (8) is fewer than a profile grid's points, and past it dynamo runs the rest eager without a word
+RECOMPILE_LIMIT = 256
 
 
 def default_mode(device: torch.device) -> str:
@@ -47,6 +50,11 @@ def compile_target(target, mode: str | None = None, backend: str = "inductor"):
     target.compile_mode = mode or default_mode(target.device)
     target.regime = "compiled"
     options = {"mode": target.compile_mode} if backend == "inductor" else {}
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed in torch 2.6; older releases know the second
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
+            break
     target.compiled_model = torch.compile(target.model, backend=backend, dynamic=False, **options)
     return target
 

@@ -233,7 +233,8 @@ def fill_cache(target, batch: int, context: int, capacity: int, gen: torch.Gener
     cache = target.new_cache(batch, capacity)
     for start in range(0, context, PREFILL_CHUNK):
         n = min(PREFILL_CHUNK, context - start)
-        target.forward(_random_ids(target, gen, batch, n), cache, logits_to_keep=1)
+        # logits_at: the eager path in both regimes, as the decode loop's prefill (no graph per chunk shape)
+        target.forward(_random_ids(target, gen, batch, n), cache, logits_at=[n - 1] * batch)
         cache.commit_prefix([n] * batch)
     return cache
 
@@ -335,7 +336,8 @@ def profile_command(target: str | None, random_weights: str | None, q_sizes: str
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"profile-{tgt.name}-{result['regime']}-{tgt.device.type}-"
-                                              f"{result['dtype']}-ctx{context}")
+                                              f"{result['dtype']}-ctx{context}-b{'_'.join(map(str, batches))}-"
+                                              f"q{'_'.join(map(str, qs))}")  # two grids never overwrite each other
     path = folder / f"{stem}.json"
     path.write_text(json.dumps(result, indent=2, default=str))
     print_profile(result, path)

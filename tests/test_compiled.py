@@ -91,3 +91,24 @@ def test_a_shared_target_takes_each_cells_regime(tiny_llama):
     assert not target.new_cache(1, 8).static and target.describe()["regime"] == "eager"
     set_regime(target, "compiled")
     assert target.compiled_model is compiled  # captured once, kept
+
+
+def test_a_compiled_profile_grid_captures_one_graph_per_shape_past_torchs_default_limit(tiny_llama):
+    """Ten (batch, q) points: ten graphs, every point timed compiled (torch's default keeps 8 and runs the
+    rest eager without a word), and the context's prefill eager as in the decode loop (no graph per chunk)."""
+    from torch._dynamo.utils import counters
+
+    from specbench.compiled import compile_target
+    from specbench.profile import Hardware, profile_grid
+    from specbench.targets import Target
+
+    target = Target("tiny-profile", "test", copy.deepcopy(tiny_llama.model), tiny_llama.tokenizer,
+                    tiny_llama.device, tiny_llama.dtype)
+    compile_target(target, backend="aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    with one_thread():
+        points = profile_grid(target, list(range(1, 11)), [1], context=12, repeats=1, warmup=0,
+                              hardware=Hardware("cpu", 1e10, None, 1e11, None))
+    assert [p["status"] for p in points] == ["ok"] * 10
+    assert counters["stats"]["unique_graphs"] == 10

@@ -52,6 +52,18 @@ def test_grid_writes_json_with_latency_and_roofline(tmp_path, tiny_llama):
     assert section is not None and any(item.kind == "figure" for item in section.items)
 
 
+def test_two_grids_in_one_folder_keep_both_files(tmp_path):
+    """The H200 check profiles q = 1 and q = 8 compiled in two calls (one graph each fits its time cap): the
+    second file once replaced the first."""
+    out = tmp_path / "profile"
+    for q in ("1", "2"):
+        args = [a if a != "1,3" else q for a in TINY]
+        result = CliRunner().invoke(cli, args + ["--out", str(out)])
+        assert result.exit_code == 0, result.output
+    files = sorted(out.glob("*.json"))
+    assert len(files) == 2 and [json.loads(f.read_text())["q"] for f in files] == [[1], [2]]
+
+
 def test_cache_holds_the_context_and_kv_bytes_match_its_buffers(tiny_qwen3):
     cache = fill_cache(tiny_qwen3, batch=2, context=300, capacity=304, gen=torch.Generator().manual_seed(0))
     assert cache.lengths == [300, 300]  # two prefill chunks
@@ -114,7 +126,8 @@ def test_unknown_gpus_use_the_measured_bandwidth():
 
 
 # -- random-weight targets -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, billions", [("qwen3-8b", 8.2), ("qwen3-1.7b", 1.7), ("llama-3.1-8b", 8.03)])
+@pytest.mark.parametrize("name, billions", [("qwen3-8b", 8.2), ("qwen3-1.7b", 1.7), ("llama-3.1-8b", 8.03),
+                                            ("smollm2-135m", 0.1345)])
 def test_packaged_configs_have_the_published_sizes(name, billions):
     """Built on the meta device (no memory): the parameter count is the model card's."""
     from transformers import AutoConfig, AutoModelForCausalLM
