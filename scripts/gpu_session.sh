@@ -3,13 +3,15 @@
 #   phase1: unpack data, first half of the smollm2 GGUF, the gguf wheel (the device has no network)
 #   phase2: second half; train all methods (ONLY="..." picks some) plus EXTRA arms in parallel for BUDGET
 #           minutes each (same data, same wall budget); pack drafters (fp16 chunks), return the first 60 MiB
-#   phase3: return the remaining chunks; time each method against AR on gsm8k (DEADLINE s)
+#   phase3: return the remaining chunks; time each method against AR on gsm8k (DEADLINE s), in each of
+#           REGIMES (default eager; "eager compiled" for issue 20's both-regime table, about twice the time)
 #   phase4 (alone; one call): issue 20 at the paper's target size and at smollm2's, random weights (no download): one
 #           forward vs the roofline, eager and compiled (`specbench profile`), and AR/pld runs in both regimes
 #           (tokens compared across regimes) -> $OUT/phase4.tar.xz; needs .dev/gsm8k.tar.xz only
 # The files travel in .dev/ (git-ignored): gguf.part1/2, data.tar.xz, whl/.
 # Timing on an H200 (2026-11-26): BUDGET=6 -> phase2 535 s (one call may run 600 s: keep BUDGET <= 6),
 # phase3 ~190 s with LIMIT=4; about 13 of a session's 15 device minutes in all.
+# phase4 (2026-12-04, with its start and transfers): 370 s of command, ~7 device minutes in all.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site SPECBENCH_DATA_DIR=/tmp/work/data SPECBENCH_CACHE_DIR=/tmp/work/cache
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -64,13 +66,14 @@ if [ "$phase" = phase3 ]; then
   DEADLINE=${DEADLINE:-400}; DEV=${DEV:-cuda}; LIMIT=${LIMIT:-5}; NEW=${NEW:-128}; mkdir -p $W/res
   ls $W/pack | tail -n +5 | head -7 | while read f; do cp $W/pack/$f $OUT/; done; ls -la $OUT
   [ -d /tmp/pkg ] && export PYTHONPATH=/tmp/pkg:$PYTHONPATH
-  { cat $W/arms.txt; echo "pld pld"; } | while read name m; do
-    left=$(( DEADLINE - $(el) )); [ $left -lt 25 ] && { echo "skip $name: $left s left"; continue; }
+  { cat $W/arms.txt; echo "pld pld"; } | while read name m; do for regime in ${REGIMES:-eager}; do
+    left=$(( DEADLINE - $(el) )); [ $left -lt 25 ] && { echo "skip $name $regime: $left s left"; continue; }
     dr=""; [ -f $W/dr/$name/config.json ] && dr="--drafter $W/dr/$name"
-    timeout $left $SB run --method $m --suite gsm8k --target smollm2-135m $dr --device $DEV --dtype float32 \
-      --limit $LIMIT --max-new-tokens $NEW --results-dir $W/res --run-id gpu-$name --no-progress </dev/null >$W/logs/run-$name.log 2>&1
-    echo "== run $name rc=$? at $(el) s"; tail -3 $W/logs/run-$name.log
-  done
+    timeout $left $SB run --method $m --suite gsm8k --target smollm2-135m $dr --device $DEV --dtype float32 --regime $regime \
+      --limit $LIMIT --max-new-tokens $NEW --results-dir $W/res --run-id gpu-$name-$regime --no-progress </dev/null \
+      >$W/logs/run-$name-$regime.log 2>&1
+    echo "== run $name $regime rc=$? at $(el) s"; tail -3 $W/logs/run-$name-$regime.log
+  done; done
   nvidia-smi > $W/logs/nvidia-smi.txt 2>&1
   tar -cJf $OUT/logs-runs.tar.xz -C $W logs res; echo "phase3 done in $(el) s"; exit 0
 fi
