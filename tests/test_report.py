@@ -414,3 +414,10 @@ def test_crossings_back_and_forth_and_without_a_focus_method():
     frame = pd.DataFrame(rows("bita", "bita", (1, 2), (1, 2)) + rows("mtp", "mtp", (1.5, 1.5, 1.5), (1.5, 2.5, 9)))
     assert curves.crossing_sentences(frame) == [  # no flexdraft: every pair; only the overlap is read
         "s: bita's τ is level with or above mtp's at every training time measured (from 1.5 to 2.0 min)."]
+    # 0.001 apart at the end (two MT-Bench curves of stop 30): level, not "above at every time"
+    frame = pd.DataFrame(rows("flexdraft", "flexdraft", (1.10, 1.20, 1.124)) + rows("dflash", "dflash", (1.0, 1.1, 1.125)))
+    assert curves.crossing_sentences(frame) == [
+        "s: flexdraft's τ is level with or above dflash's at every training time measured (from 1.0 to 3.0 min)."]
+    frame = pd.DataFrame(rows("flexdraft", "flexdraft", (1.10, 1.104)) + rows("mtp", "mtp", (1.105, 1.10)))
+    assert curves.crossing_sentences(frame) == [
+        "s: flexdraft's τ is level with mtp's (within 0.01) at every training time measured (from 1.0 to 2.0 min)."]

@@ -18,6 +18,9 @@ from specbench.report import aggregate as agg
 
 #: the method whose crossings are stated when it is on the page (the question the harness exists for)
 FOCUS = "flexdraft"
+#: differences smaller than this (in τ, or in × of speedup) are read as level: ten prompts do not rank two
+#: curves 0.001 apart, and a crossing between such points would be noise
+LEVEL = 0.01
 CURVE_COLUMNS = ["label", "method", "drafter_run", "drafter_path", "drafter_snapshot", "drafter_steps",
                  "drafter_train_seconds", "drafter_tokens_seen", "drafter_eval_acc"]
 
@@ -97,7 +100,8 @@ def crossing_sentences(frame: pd.DataFrame, metric: str = "tau", symbol: str = "
             x = np.unique(np.concatenate([pa["minutes"], pb["minutes"], [lo, hi]]))
             x = x[(x >= lo) & (x <= hi)]
             ya, yb = (np.interp(x, p["minutes"], p[metric].astype(float)) for p in (pa, pb))
-            d = ya - yb
+            raw = ya - yb
+            d = np.where(np.abs(raw) < LEVEL, 0.0, raw)
             tokens = pa.dropna(subset=["drafter_tokens_seen"])
 
             def at(m: float) -> str:
@@ -108,15 +112,18 @@ def crossing_sentences(frame: pd.DataFrame, metric: str = "tau", symbol: str = "
             events = _crossings(x, d)
             if not events:
                 where = f"from {lo:.1f} to {hi:.1f} min"
-                if (d > 0).all():
+                if not d.any():
+                    out.append(f"{suite}: {a}'s {symbol} is level with {b}'s (within {LEVEL}) at every training time "
+                               f"measured ({where}).")
+                elif (d > 0).all():
                     out.append(f"{suite}: {a}'s {symbol} is above {b}'s at every training time measured ({where}).")
                 elif (d >= 0).all() and (d > 0).any():
                     out.append(f"{suite}: {a}'s {symbol} is level with or above {b}'s at every training time measured "
                                f"({where}).")
                 else:
                     out.append(f"{suite}: {a}'s {symbol} does not pass {b}'s within the budget measured (up to "
-                               f"{at(hi)}; {d[-1]:+.2f} at the end).")
+                               f"{at(hi)}; {raw[-1]:+.2f} at the end).")
                 continue
             parts = [f"{'passes' if kind == 'up' else 'falls back below'} {b}'s at {at(m)}" for m, kind in events]
-            out.append(f"{suite}: {a}'s {symbol} " + ", then ".join(parts) + f" ({d[-1]:+.2f} at {hi:.1f} min).")
+            out.append(f"{suite}: {a}'s {symbol} " + ", then ".join(parts) + f" ({raw[-1]:+.2f} at {hi:.1f} min).")
     return out
