@@ -112,7 +112,7 @@ def bench(target, batch_sizes, n_prompts, max_new_tokens, repeats, suite, pld_pr
 @cli.command()
 @click.option("--target", "-t", default=None, help="alias, hub id, local directory or .gguf file [default: smollm2-135m]")
 @click.option("--random-weights", default=None, metavar="NAME|CONFIG",
-              help="build the target from a config alone, no download: qwen3-8b, qwen3-1.7b, llama-3.1-8b or a config.json")
+              help="build the target from a config alone, no download: qwen3-8b, qwen3-1.7b, llama-3.1-8b, smollm2-135m or a config.json")
 @click.option("--q", "q_sizes", default="1,2,4,8,16,32,64", show_default=True, help="new tokens per row, comma-separated")
 @click.option("--batch", "batch_sizes", default="1,4,16,64", show_default=True, help="batch sizes, comma-separated")
 @click.option("--context", type=int, default=512, show_default=True, help="tokens already in the KV cache")

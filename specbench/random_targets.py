@@ -2,8 +2,10 @@
 
 Step latency depends on shapes, not on weight values, so `random:qwen3-8b` lets a GPU profile (and a
 timing-only run) use the paper's target sizes on any machine, with no download. The package carries the
-architecture fields of three published configs in `specbench/configs/` (each names its hub repo); a path
-to any other `config.json` (or a directory holding one) works too.
+architecture fields of four published configs in `specbench/configs/` (each names its hub repo; one is the
+embedded default's, for a machine its GGUF cannot reach); a path to any other `config.json` (or a
+directory holding one) works too. Random weights repeat one token at T = 0 (the H200 check of issue 20),
+so τ on such a target says nothing: time only.
 
 The build is fast and never goes through float32: the model is allocated on the device, in the requested
 dtype, with transformers' initialisation switched off; then every weight is filled in place (matrices
