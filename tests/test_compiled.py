@@ -143,3 +143,36 @@ def test_every_method_keeps_the_eager_tokens_with_the_target_forward_traced():
         assert lossless.ar_reference(target, prompts, 20) == lossless.ar_reference(eager, prompts, 20)
         for factory in factories.values():
             lossless.check_greedy(factory(target), target, 20, batch_sizes=(4,))
+
+
+def test_layer_features_caught_by_hooks_are_the_eager_ones_under_the_traced_target():
+    """EAGLE-3, DFlash and FlexDraft read target layers through forward hooks registered per call; a
+    traced forward must fill each call's own dict with that call's features (random drafters accept
+    nothing, so equal tokens alone would not show stale features)."""
+    from specbench.compiled import compile_target
+    from specbench.targets import Target
+    from specbench.testing import lossless
+    from specbench.training.features import capture_layers
+
+    eager = lossless.load_tiny("tiny-random-qwen3")
+    traced = Target("tiny-traced-hooks", "test", copy.deepcopy(eager.model), eager.tokenizer, eager.device,
+                    eager.dtype)
+    compile_target(traced, backend="aot_eager")
+    prompt = torch.tensor([lossless.kit_prompts(eager)[2]])
+    features = {}
+    with one_thread():
+        for target in (eager, traced):
+            cache = target.new_cache(1, 64)
+            target.forward(prompt, cache, logits_at=[prompt.shape[1] - 1])
+            cache.commit_prefix([prompt.shape[1]])
+            features[target.name] = []
+            for step in range(3):
+                with capture_layers(target.model, [0, 1]) as got:
+                    target.forward(torch.tensor([[5 + step, 7 + step]]), cache)
+                features[target.name].append({k: v.clone() for k, v in got.items()})
+                cache.commit_prefix([2])
+    for want, have in zip(features[eager.name], features[traced.name]):
+        assert sorted(have) == [0, 1]
+        for k in want:
+            torch.testing.assert_close(have[k], want[k], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(features[eager.name][0][1], features[eager.name][1][1])  # steps differ
