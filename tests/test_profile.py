@@ -261,3 +261,18 @@ def test_report_draws_latency_per_step_vs_roofline(tmp_path):
     assert f"{eager['points'][0]['latency_ms']:.3f}" in section and f"{compiled['points'][0]['latency_ms']:.3f}" in section
     assert "skipped" in section and "broken.json" in section
     assert html.index('<section id="roofline">') < html.index('<section id="runs">')
+
+
+def test_a_folder_of_profiles_alone_gets_its_page(tmp_path):
+    """A GPU session that only profiled (issue 20's device check) still gets the roofline page; a folder with
+    neither runs nor profiles is still a one-line error."""
+    from specbench.errors import SpecbenchError
+
+    with pytest.raises(SpecbenchError, match="no complete runs"):
+        build_report(results_dir=tmp_path, out=tmp_path / "empty.html")
+    (tmp_path / "profile").mkdir()
+    (tmp_path / "profile" / "compiled.json").write_text(json.dumps(synthetic_profile("compiled", 1.2)))
+    html = build_report(results_dir=tmp_path, out=tmp_path / "r.html").html.read_text()
+    assert '<section id="roofline">' in html and "compiled × roofline" in html
+    with pytest.raises(SpecbenchError, match="no run .nope."):  # asked for a run by name: not silently profiles
+        build_report(["nope"], results_dir=tmp_path, out=tmp_path / "named.html")

@@ -19,14 +19,22 @@ def build_report(run_refs=(), results_dir: str | Path = "results", out: str | Pa
     from specbench.report.html import write_report
     from specbench.report.sections import build_sections
 
+    from specbench.report.roofline import roofline_section  # issue 20: only when profile files are present
+
     sweep_ids = (sweep_ids,) if isinstance(sweep_ids, str) else tuple(sweep_ids or ())
-    complete, incomplete = agg.resolve_runs(tuple(run_refs), results_dir, sweep_ids)
+    try:
+        complete, incomplete = agg.resolve_runs(tuple(run_refs), results_dir, sweep_ids)
+    except SpecbenchError:
+        # a folder of `specbench profile` files alone (a GPU session that only profiled) still gets its page
+        if run_refs or sweep_ids or not (roofline := roofline_section(results_dir)):
+            raise
+        profiles = len(list((Path(results_dir) / "profile").glob("*.json")))
+        return write_report([roofline], out, title or "specbench report · profiles", [("profiles", str(profiles))],
+                            [], 0, 0)
     df = agg.runs_frame(complete)
     pool = agg.Pool(complete)
     failed = agg.failed_sweep_cells(results_dir, sweep_ids)
     sections, alerts = build_sections(df, pool, incomplete, failed)
-    from specbench.report.roofline import roofline_section  # issue 20: only when profile files are present
-
     if roofline := roofline_section(results_dir):
         sections.insert(len(sections) - 1, roofline)  # before "All runs and their provenance"
     targets = sorted(df["target"].unique())
