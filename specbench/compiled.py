@@ -55,6 +55,10 @@ def compile_target(target, mode: str | None = None, backend: str = "inductor"):
         if hasattr(config, name):
             setattr(config, name, max(getattr(config, name), RECOMPILE_LIMIT))
             break
+    # EAGLE-3, DFlash and FlexDraft read target layers through forward hooks added per call
+    # (`capture_layers`); by default dynamo does not guard on hooks, so a graph traced without them (the
+    # AR arm's, or pld's at the same width) ran the method's forward and left its features empty
+    config.skip_nnmodule_hook_guards = False
     target.compiled_model = torch.compile(target.model, backend=backend, dynamic=False, **options)
     return target
 
