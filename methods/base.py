@@ -122,6 +122,9 @@ class Method:
     OPTION_KINDS: dict = {}
     #: the options that choose a drafter (its config fields); None: every field of its config
     DRAFTER_OPTIONS: tuple[str, ...] | None = None
+    #: what the compiled regime captures of this method and what still runs eager (`specbench.compiled`;
+    #: recorded in a compiled run's manifest)
+    COMPILED_PASSES: dict = {"captured": ["target decode forwards"], "eager": ["prefill"]}
 
     def __init__(self, target, depth: int | None = None, **options):
         self.target = target

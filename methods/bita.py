@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specbench import compiled
 from specbench.engine import TreeSpeculativeDecoder
 from specbench.engine.tree import TreeBatch
 from specbench.errors import SpecbenchError
@@ -239,15 +240,18 @@ class BiTADrafter(Drafter):
 
     @torch.inference_mode()
     def joint_forward(self, ids: torch.Tensor, cache, anchors: torch.Tensor, masks: int,
-                      intra: torch.Tensor | None = None, depths: torch.Tensor | None = None):
+                      intra: torch.Tensor | None = None, depths: torch.Tensor | None = None,
+                      positions: torch.Tensor | None = None):
         """One BiTA pass (A.6.5): clean `ids [B, q]` as pending tokens of `cache` (causal, or the tree's
-        `intra`/`depths`) + one group of `masks` mask rows per anchor `[B, G]`.
+        `intra`/`depths`) + one group of `masks` mask rows per anchor `[B, G]`. `positions` given: the
+        caller did `cache.begin_write` (host bookkeeping kept out of a captured pass).
 
         Returns `(clean logits [B, q, V], mask hidden states [B, G, masks, H] before the final norm)`.
         Only clean K/V enter the cache.
         """
         b, q = ids.shape
-        positions = cache.begin_write(q)
+        if positions is None:
+            positions = cache.begin_write(q)
         if depths is not None:
             positions = positions[:, :1] + depths.to(positions.device).expand(positions.shape)
         end = cache.view_end
@@ -357,11 +361,16 @@ class BiTADecoder(TreeSpeculativeDecoder):
         """The target forward the engine times as verify: clean rows + one group per node (or, in the
         prefill, per prompt)."""
         anchors = self._anchors if intra is None else torch.arange(ids.shape[1], device=ids.device).expand(ids.shape)
-        logits, self._groups = self.drafter.joint_forward(ids, cache, anchors, self.depth, intra, depths)
+        if kwargs.get("logits_at") is not None:  # the prefill: a new width every batch, eager as the target's
+            logits, self._groups = self.drafter.joint_forward(ids, cache, anchors, self.depth, intra, depths)
+            return logits
+        positions = cache.begin_write(ids.shape[1])
+        logits, self._groups = compiled.run(self.target, self.drafter.joint_forward, ids, cache, anchors, self.depth,
+                                            intra, depths, positions=positions)
         return logits
 
     def on_prefill(self, logits):
-        self._selected = self._groups[:, 0]
+        self._selected = self._groups[:, 0].contiguous()  # not the prompt width's strides: one captured head pass
         self._groups = None
 
     def on_commit(self, result):
@@ -373,7 +382,7 @@ class BiTADecoder(TreeSpeculativeDecoder):
     @torch.inference_mode()
     def _next_tree(self) -> torch.Tensor:
         """Candidates from the selected group: the top-`size` tokens of slot `m` at level `m` (A.6.3)."""
-        z = self.drafter.mask_logits(self._selected)  # [B, M, V]
+        z = compiled.run(self.target, self.drafter.mask_logits, self._selected)  # [B, M, V]
         tokens = [self.last[:, None]] + [z[:, m].topk(k, -1).indices for m, k in enumerate(self.level_sizes)]
         return torch.cat(tokens, 1)
 
@@ -407,6 +416,9 @@ class BiTAMethod(Method):
     DECODE_OPTIONS = {"tree": None, "top_k": 5}  # tree None: the release's tree on CUDA, CPU_LAYOUT on a CPU
     OPTION_KINDS = {"tree": one_of(*LAYOUTS), "top_k": integer(1)}
     DRAFTER_OPTIONS = DRAFTER_FIELDS
+    COMPILED_PASSES = {"captured": ["joint pass (tree verify + mask groups, the target's layers walked by the method)",
+                                     "mask-group LM head"],
+                       "eager": ["prefill (with the root group)", "top-k candidate assembly"]}
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
         opts = self.split_options(options)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specbench import compiled
 from specbench.engine import ChainSpeculativeDecoder, Proposal
 from specbench.kv_cache import RowKVCache
 from specbench.layers import DecoderLayerShape, RMSNorm, apply_rotary, rotary
@@ -380,21 +381,26 @@ class DFlashDecoder(ChainSpeculativeDecoder):
         return logits
 
     def on_prefill(self, logits):
-        """Project the prompt's context into a fresh draft cache: the draft prefill of B.4."""
+        """Project the prompt's context into a fresh draft cache: the draft prefill of B.4. The draft cache
+        is static where the target's is (the compiled regime), so the block pass has fixed shapes."""
         lengths = list(self.cache.lengths)
         self.draft_cache = RowKVCache(len(lengths), self.drafter.cfg.num_layers, self.cache.capacity,
-                                      self.target.device)
+                                      self.target.device, static=self.cache.static)
         with torch.inference_mode():
-            self._extend_context(self.features, lengths, self.cache.device_lengths)
+            self._project(self.features, self.draft_cache.begin_write(self.features.shape[1]))
+            self.draft_cache.commit_prefix(lengths, self.cache.device_lengths)
         self._no_pending()
 
     def on_commit(self, result):
-        """Keep the verify-pass features of the committed block positions only (B.5-5)."""
-        self.pending = self.features[:, : max(result.counts)]  # a stopped row has 0: its draft cache stays
-        self.pending_counts, self.pending_device_counts = result.counts, result.device_counts
+        """Keep the verify-pass features of the committed block positions only (B.5-5). A static draft
+        cache takes the whole verify width (fixed shapes): the columns past a row's count land beyond its
+        length, where the mask hides them and the next write overwrites them."""
+        self.pending = self.features if self.draft_cache.static else self.features[:, : max(result.counts)]
+        self.pending_counts, self.pending_device_counts = result.counts, result.device_counts  # a stopped row: 0
 
     def _no_pending(self) -> None:
-        self.pending, self.pending_counts = self.features[:, :0], [0] * self.features.shape[0]
+        b, _, f = self.features.shape
+        self.pending, self.pending_counts = self.features.new_zeros(b, 0, f), [0] * b  # fresh: no prompt-width strides
         self.pending_device_counts = torch.zeros(self.features.shape[0], dtype=torch.long, device=self.target.device)
 
     def propose(self, active):
@@ -406,37 +412,42 @@ class DFlashDecoder(ChainSpeculativeDecoder):
         drafts = self._draft()
         return Proposal(drafts, torch.full((len(active),), self.depth, device=drafts.device))
 
-    def _extend_context(self, pending: torch.Tensor, counts: list[int], device_counts: torch.Tensor):
-        """Project new committed features into the draft cache; returns per-layer K/V views.
-
-        `pending [B, P, L*H_t]` (row `b` valid for `j < counts[b]`; `device_counts` the same on the
-        device) sits at positions
-        `len[b] .. len[b] + counts[b] - 1`. Block K/V never enter the cache, which is the same as
-        writing them and cropping after every draft call (B.5-4).
-        """
-        cache = self.draft_cache
-        positions = cache.begin_write(pending.shape[1])  # [B, P]
+    def _project(self, pending: torch.Tensor, positions: torch.Tensor) -> list:
+        """Write the context K/V of committed features `pending [B, P, L*H_t]` at `positions [B, P]` (pending
+        slots of the draft cache, `begin_write` done); returns each layer's K/V view. Block K/V never enter
+        the cache, which is the same as writing them and cropping after every draft call (B.5-4)."""
         ctx = self.drafter.fuse(pending)
         cos, sin = rotary(positions, self.drafter.cfg.head_dim, self.drafter.cfg.rope_theta, ctx.dtype)
-        views = [cache.layers[i].update(*layer.context_kv(ctx, cos, sin)) for i, layer in enumerate(self.drafter.layers)]
-        cache.commit_prefix(counts, device_counts)
-        return views
+        return [self.draft_cache.layers[i].update(*layer.context_kv(ctx, cos, sin))
+                for i, layer in enumerate(self.drafter.layers)]
 
-    @torch.inference_mode()
-    def _draft(self) -> torch.Tensor:
-        """Greedy drafts `[B, block-1]` for positions `start+1 ..` from one non-causal pass (B.3)."""
+    def _block_pass(self, pending, positions, counts, last):
+        """The draft step on tensors alone (captured whole in the compiled regime, `specbench.compiled`):
+        project `pending` (row `b` valid for `j < counts[b]`), then one non-causal pass of the block
+        `[last, MASK x (bs-1)]` at positions `start ..`, `start = lengths + counts`, over context `< start`.
+        Returns greedy drafts `[B, bs-1]` and the block's states `[B, bs, H]`."""
         drafter, bs, dev = self.drafter, self.block, self.target.device
-        views = self._extend_context(self.pending, self.pending_counts, self.pending_device_counts)
-        self._no_pending()
-        start = self.draft_cache.device_lengths  # [B]
+        views = self._project(pending, positions)
+        start = self.draft_cache.device_lengths + counts  # [B]: the bonus position
         end = views[0][0].shape[2]
         see_ctx = torch.arange(end, device=dev)[None, :] < start[:, None]  # [B, end]
         mask = torch.cat([see_ctx[:, None, :].expand(-1, bs, -1),
                           torch.ones(len(start), bs, bs, dtype=torch.bool, device=dev)], -1)[:, None]  # [B, 1, bs, end+bs]
-        positions = start[:, None] + torch.arange(bs, device=dev)  # [B, bs]
-        h = drafter.run_layers(drafter.embed_block(self.last, bs), views, positions, mask)
-        self.last_draft_hidden = h
-        return drafter.logits(h[:, 1:]).argmax(-1)
+        block_positions = start[:, None] + torch.arange(bs, device=dev)  # [B, bs]
+        h = drafter.run_layers(drafter.embed_block(last, bs), views, block_positions, mask)
+        return drafter.logits(h[:, 1:]).argmax(-1), h
+
+    @torch.inference_mode()
+    def _draft(self) -> torch.Tensor:
+        """Greedy drafts `[B, block-1]` for positions `start+1 ..` from one non-causal pass (B.3); the
+        pending features enter the draft cache first, so it holds exactly positions `0 .. start-1`."""
+        cache = self.draft_cache
+        positions = cache.begin_write(self.pending.shape[1])  # [B, P]
+        drafts, self.last_draft_hidden = compiled.run(self.target, self._block_pass, self.pending, positions,
+                                                      self.pending_device_counts, self.last)
+        cache.commit_prefix(self.pending_counts, self.pending_device_counts)
+        self._no_pending()
+        return drafts
 
 
 # -- the method ---------------------------------------------------------------------------------------------
@@ -449,6 +460,9 @@ class DFlashMethod(Method):
     default_depth = None  # the drafter's trained block size
     DRAFTER_OPTIONS = ("num_layers", "block_size", "target_layer_ids", "mask_token", "mask_token_id", "gamma",
                        "num_anchors")
+    COMPILED_PASSES = {"captured": ["target verify", "block pass (new context K/V into a static draft cache, the draft "
+                                                      "layers, LM head, argmax)"],
+                       "eager": ["prefill and its context projection"]}
 
     def __init__(self, target, depth=None, drafter=None, **options):
         """`options` are drafter config fields (they key `--drafter auto`); a loaded drafter must match."""

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specbench import compiled
 from specbench.engine import TreeBatch, TreeSpeculativeDecoder
 from specbench.errors import SpecbenchError
 from specbench.kv_cache import RowKVCache
@@ -358,35 +359,45 @@ class Eagle3Drafter(Drafter):
 
     # -- inference pieces (A.3.2) ------------------------------------------------------------------------
     def extend(self, cache: RowKVCache, feats: torch.Tensor, tokens: torch.Tensor, counts: list[int],
-               device_counts: torch.Tensor | None = None) -> torch.Tensor:
+               device_counts: torch.Tensor | None = None, prefill: bool = False) -> torch.Tensor:
         """Append committed pairs (f_t, x_{t+1}) to the draft cache; returns their outputs `[B, P, H]`.
 
         `feats [B, P, 3H_t]` and `tokens [B, P]` are valid for the first `counts[b]` entries of row b
         (`device_counts`: the same on the device); pair i of row b sits at position
-        `cache.lengths[b] + i` (causal among the new pairs).
+        `cache.lengths[b] + i` (causal among the new pairs). The `prefill` (a new width every batch) runs
+        eager in both regimes, as the target's prefill does.
         """
-        h = self.fc(feats.to(self.fc.weight.dtype))
         positions = cache.begin_write(tokens.shape[1])  # [B, P]
+        if prefill:
+            out = self.extend_pass(cache, feats, tokens, positions)
+        else:
+            out = compiled.run(self.target, self.extend_pass, cache, feats, tokens, positions)
+        cache.commit_prefix(counts, device_counts)
+        return out
+
+    def extend_pass(self, cache: RowKVCache, feats: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor):
+        """`extend` on tensors alone, after `begin_write` (captured whole in the compiled regime)."""
+        h = self.fc(feats.to(self.fc.weight.dtype))
         q, k, v = self.midlayer.project(self.embed(tokens), h, positions)
         keys, vals = cache.layers[0].update(k, v)  # [B, n_kv, end, d]
         mask = cache.attention_mask(None, q.dtype)  # [B, 1, P, end]
         out = attend(q, keys, vals, mask)
-        cache.commit_prefix(counts, device_counts)
         return self.midlayer.finish(h, out)
 
     def expand(self, cache: RowKVCache, scratch: list, visible: torch.Tensor, h: torch.Tensor, tokens: torch.Tensor,
-               level: int) -> torch.Tensor:
+               level: int, end: int | None = None) -> torch.Tensor:
         """One tree level: `h, tokens [B, k, ·]` at position `cache.lengths + level` (A.3.2 step 3).
 
-        Nodes see the committed draft cache and, among the scratch nodes of earlier levels and this
-        one, those marked in `visible [B, k, n_scratch]` (their ancestors and themselves). Their
-        keys/values are appended to `scratch` (a list of `(k, v)`), never to the cache (A.5-16).
+        Nodes see the committed draft cache (slots `< end`, the longest row's length, or a static
+        cache's capacity) and, among the scratch nodes of earlier levels and this one, those marked in
+        `visible [B, k, n_scratch]` (their ancestors and themselves). Their keys/values are appended to
+        `scratch` (a list of `(k, v)`), never to the cache (A.5-16).
         """
         lengths = cache.device_lengths
         positions = (lengths + level)[:, None].expand(h.shape[:2])
         q, k, v = self.midlayer.project(self.embed(tokens), h, positions)
         scratch.append((k, v))
-        end = max(cache.lengths)
+        end = max(cache.lengths) if end is None else end
         layer = cache.layers[0]
         keys = torch.cat([layer.keys[:, :, :end], *(s[0] for s in scratch)], 2)
         vals = torch.cat([layer.values[:, :, :end], *(s[1] for s in scratch)], 2)
@@ -411,6 +422,21 @@ def draft_tree(drafter: Eagle3Drafter, cache: RowKVCache, root: torch.Tensor, la
     in descending draft score, the order in which the engine tries them. Returns a `TreeBatch`
     (and node scores `[B, N]` with `return_scores`).
     """
+    end = cache.capacity if cache.static else max(cache.lengths)
+    node_tokens, node_parents, node_scores = compiled.run(drafter.target, tree_nodes, drafter, cache, end, root, last_h,
+                                                          top_k, tree_depth, total_tokens)
+    if bool((node_parents[:, 1:] < 0).any()):
+        raise AssertionError("draft tree is not ancestor-closed")
+    tree = TreeBatch.from_parents(node_tokens, node_parents)
+    if return_scores:  # cumulative draft log-probability per node, root 0 (for tests)
+        return tree, node_scores
+    return tree
+
+
+def tree_nodes(drafter: Eagle3Drafter, cache: RowKVCache, end: int, root: torch.Tensor, last_h: torch.Tensor,
+               top_k: int, tree_depth: int, total_tokens: int):
+    """`draft_tree`'s tensor work, captured whole in the compiled regime: `(tokens [B, N], parents [B, N],
+    scores [B, N])` of the kept nodes, root first (parent -1); the draft cache is read over slots `< end`."""
     b, dev = root.shape[0], root.device
     k = max(1, min(top_k, drafter.config.draft_vocab_size))
     rows = torch.arange(b, device=dev)
@@ -423,7 +449,7 @@ def draft_tree(drafter: Eagle3Drafter, cache: RowKVCache, root: torch.Tensor, la
     visible = torch.eye(k, dtype=torch.bool, device=dev).expand(b, k, k)
     scratch: list = []
     for level in range(tree_depth - 1):
-        out = drafter.expand(cache, scratch, visible, h, tokens, level)  # [B, k, H]
+        out = drafter.expand(cache, scratch, visible, h, tokens, level, end)  # [B, k, H]
         logp, child = torch.log_softmax(drafter.head(out).float(), -1).topk(k)  # [B, k, k]
         cum = (logp + scores[:, :, None]).flatten(1)  # [B, k*k], parent-major
         child_tokens = drafter.to_target(child).flatten(1)
@@ -449,14 +475,9 @@ def draft_tree(drafter: Eagle3Drafter, cache: RowKVCache, root: torch.Tensor, la
     tree_index[rows[:, None], keep] = torch.arange(1, n + 1, device=dev).expand(b, n)
     parent_cand = all_parent.gather(1, keep)
     parents = torch.where(parent_cand < 0, 0, tree_index.gather(1, parent_cand.clamp_min(0)))
-    if bool((parents < 0).any()):
-        raise AssertionError("draft tree is not ancestor-closed")
     node_tokens = torch.cat([root[:, None], all_tokens.gather(1, keep)], 1)  # [B, n+1]
     node_parents = torch.cat([torch.full((b, 1), -1, dtype=torch.long, device=dev), parents], 1)
-    tree = TreeBatch.from_parents(node_tokens, node_parents)
-    if return_scores:  # cumulative draft log-probability per node, root 0 (for tests)
-        return tree, torch.cat([all_scores.new_zeros(b, 1), all_scores.gather(1, keep)], 1)
-    return tree
+    return node_tokens, node_parents, torch.cat([all_scores.new_zeros(b, 1), all_scores.gather(1, keep)], 1)
 
 
 # -- decoding (A.3) ---------------------------------------------------------------------------------------------
@@ -489,15 +510,19 @@ class Eagle3Decoder(TreeSpeculativeDecoder):
         """Draft pass over the prompt: pairs (f_t, x_{t+1}), the last one carrying the first token (A.3.1)."""
         lengths = [n - 1 for n in self.history.host_lengths]
         width = self.features.shape[1]
-        self.draft_cache = RowKVCache(len(lengths), 1, self.cache.capacity, self.target.device)
+        self.draft_cache = RowKVCache(len(lengths), 1, self.cache.capacity, self.target.device,
+                                      static=self.cache.static)  # fixed shapes for the captured draft passes
         tokens = self.history.ids[:, 1:width + 1]
-        h = self.drafter.extend(self.draft_cache, self.features, tokens, lengths, self.history.lengths - 1)
+        h = self.drafter.extend(self.draft_cache, self.features, tokens, lengths, self.history.lengths - 1,
+                                prefill=True)
         self.last_h = h[torch.arange(len(lengths)), self.history.lengths - 2]  # [B, H]
 
     def on_commit(self, result):
         """Keep the accepted path's features (path order) and the tokens that follow them (A.3.5)."""
         n = result.n_accepted
-        m = max(result.counts)  # a stopped row commits 0 pairs: its draft cache stays frozen
+        # a stopped row commits 0 pairs: its draft cache stays frozen. A static draft cache takes the whole
+        # path width (fixed shapes): pairs past a row's count land beyond its length, masked, then overwritten
+        m = result.path.shape[1] if self.draft_cache.static else max(result.counts)
         rows = torch.arange(len(n), device=n.device)
         path = result.path[:, :max(m, 1)].clamp_min(0)  # [B, m] tree indices, root first
         feats = self.features[rows[:, None], path]  # [B, m, 3H_t]
@@ -545,6 +570,10 @@ class Eagle3Method(Method):
     DECODE_OPTIONS = {"top_k": None, "total_tokens": None, "tree": None}  # explicit arguments; None: the device's
     OPTION_KINDS = {"top_k": integer(1), "total_tokens": integer(2), "tree": one_of(*TREE_PRESETS)}
     DRAFTER_OPTIONS = ("draft_vocab_size", "feature_layers", "ttt_steps", "decay", "head_from_target")
+    COMPILED_PASSES = {"captured": ["target tree verify", "draft extension by the accepted pairs (static draft cache)",
+                                     "draft tree: every level, top-k and the best-total_tokens selection"],
+                       "eager": ["prefill and its draft extension", "tree bookkeeping (TreeBatch) and its "
+                                 "ancestor check"]}
 
     def __init__(self, target, depth: int | None = None, drafter=None, top_k: int | None = None,
                  total_tokens: int | None = None, tree: str | None = None, **options):

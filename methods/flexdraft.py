@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specbench import compiled
 from specbench.decode import ActiveRows
 from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
 from specbench.engine.acceptance import accept_speculative
@@ -302,14 +303,17 @@ class FlexDraftDrafter(Drafter):
 
         return joint_layer(self.t.layers[l], xc, xm, pe_c, mask_c, cache, attend, self.target.skinny_rows)
 
-    def joint_forward(self, ids: torch.Tensor, cache, mask_x=None, mask_pos=None, see=None, intra=None):
+    def joint_forward(self, ids: torch.Tensor, cache, mask_x=None, mask_pos=None, see=None, intra=None,
+                      positions=None):
         """Clean `ids [B, q]` as pending tokens of `cache` (causal, or `intra`) through all layers, plus
         mask rows `mask_x [B, M, H]` entering at layer `s` (positions `mask_pos [B, M]`, visibility `see`).
+        `positions` given: the caller did `cache.begin_write` (host bookkeeping kept out of a captured pass).
 
         Returns `(logits [B, q, V], mask hidden [B, M, H] or None)`; mask hidden states are the last
         layer's output before the final norm. Only clean K/V are written to the cache (E.2.3).
         """
-        positions = cache.begin_write(ids.shape[1])
+        if positions is None:
+            positions = cache.begin_write(ids.shape[1])
         end = cache.view_end
         mask_c = cache.attention_mask(intra, self.t.dtype)
         x = self.t.embed(ids)
@@ -513,7 +517,8 @@ class FlexDraftDecoder(SpeculativeDecoder):
         probs = None
         running = torch.ones(b, device=h.device, dtype=torch.float64)
         for i in range(0, n, chunk):
-            z = self.drafter.draft_logits(h[:, i:i + chunk], bonus, calibrate=self.calibration).float()
+            z = compiled.run(self.target, self.drafter.draft_logits, h[:, i:i + chunk], bonus,
+                             calibrate=self.calibration).float()
             c = z.softmax(-1).amax(-1)  # raw-logit softmax (E.11-9)
             conf[:, i:i + chunk] = c
             if self.sample_drafts:
@@ -534,24 +539,34 @@ class FlexDraftDecoder(SpeculativeDecoder):
     @torch.inference_mode()
     def _draft_sequential(self, bonus: torch.Tensor) -> None:
         """E.8: one block of B mask rows at `start .. start+B-1` (`start` = cache length = the bonus
-        position) over the committed cache, read-only; the bonus enters only through calibration."""
-        cache, bs = self.cache, self.block
-        lengths = cache.device_lengths
-        end = max(cache.lengths)
+        position) over the committed cache, read-only; the bonus enters only through calibration. A
+        static cache is read over its whole capacity (fixed shapes; the mask hides the spare slots)."""
+        end = self.cache.capacity if self.cache.static else max(self.cache.lengths)
+        h = compiled.run(self.target, self._sequential_pass, end)
+        self._set_drafts(h[:, 1:], bonus)
+
+    def _sequential_pass(self, end: int) -> torch.Tensor:
+        """The mask block's states `[B, B, H]` over cache slots `0..end-1` (E.8; captured whole when compiled)."""
+        lengths, bs = self.cache.device_lengths, self.block
         positions = lengths[:, None] + torch.arange(bs, device=lengths.device)
         see = mask_visibility(lengths, end, torch.zeros(bs, dtype=torch.long, device=lengths.device))
-        h = self.drafter.mask_forward(cache, end, self.drafter.mask_rows(len(lengths), bs), positions, see)
-        self._set_drafts(h[:, 1:], bonus)
+        return self.drafter.mask_forward(self.cache, end, self.drafter.mask_rows(len(lengths), bs), positions, see)
 
     @torch.inference_mode()
     def _parallel_forward(self, ids: torch.Tensor, cache) -> torch.Tensor:
         """E.5: verify `ids = [c_0..c_{W-1}]` and draft one group per hypothesis `g < W` in one pass;
-        keeps the groups' states `[B, G, B, H]` for the selection after acceptance."""
-        b, w = ids.shape
-        positions, see, _ = parallel_layout(cache.device_lengths, w, w, self.block, cache.window(w) - w)
-        logits, hm = self.drafter.joint_forward(ids, cache, self.drafter.mask_rows(b, w * self.block), positions, see)
-        self._groups = hm.view(b, w, self.block, -1)
+        keeps the groups' states `[B, G, B, H]` for the selection after acceptance. The cache's host
+        bookkeeping (`begin_write`) stays outside the pass, which is captured whole when compiled."""
+        positions = cache.begin_write(ids.shape[1])
+        logits, self._groups = compiled.run(self.target, self._parallel_pass, ids, cache, positions)
         return logits
+
+    def _parallel_pass(self, ids: torch.Tensor, cache, positions: torch.Tensor):
+        b, w = ids.shape
+        mask_pos, see, _ = parallel_layout(cache.device_lengths, w, w, self.block, cache.view_end - w)
+        logits, hm = self.drafter.joint_forward(ids, cache, self.drafter.mask_rows(b, w * self.block), mask_pos, see,
+                                                positions=positions)
+        return logits, hm.view(b, w, self.block, -1)
 
     # -- Decoder API ------------------------------------------------------------------------------------------
     def on_prefill(self, logits):
@@ -562,7 +577,7 @@ class FlexDraftDecoder(SpeculativeDecoder):
     def step(self, timer, active):
         active = ActiveRows.of(active, self.target.device)
         v = self.v if active.all else torch.where(active.device, self.v, torch.zeros_like(self.v))
-        w = max(1, self.v_max)
+        w = compiled.width(self.target, max(1, self.v_max), self.drafts.shape[1])
         probs = None if self.draft_probs is None else self.draft_probs[:, :w]
         proposal = Proposal(self.drafts[:, :w], v, probs)  # drafts verified per row (selective verification)
         mode = self.mode_for(sum(active.host))
@@ -614,6 +629,11 @@ class FlexDraftMethod(Method):
     BATCH_THRESHOLD = {"cuda": 2, "cpu": 0}
     DRAFTER_OPTIONS = ("draft_layers", "block_size", "gamma", "calibration", "calib_rank", "raw_loss_weight",
                        "num_anchors")
+    COMPILED_PASSES = {"captured": ["joint pass (verify + one mask group per hypothesis; parallel mode)",
+                                     "target verify (sequential mode)", "sequential mask pass (static cache)",
+                                     "draft LM head + calibration, per chunk"],
+                       "eager": ["prefill", "selective verification's early stop (a host read per chunk)"],
+                       "shapes": "verify width padded to a power of two (drafts past a row's v are not verified)"}
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
         options = _spell_out(options)

@@ -57,11 +57,13 @@ import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specbench import compiled
 from specbench.decode import ActiveRows
 from specbench.engine import Proposal, SpeculativeDecoder, verify_chain
 from specbench.engine.acceptance import accept_speculative
@@ -220,6 +222,7 @@ class MTPDrafter(Drafter):
         self.t: SimpleNamespace | None = None
         self._gate: torch.Tensor | None = None
         self._hooked: list[tuple[nn.Linear, GatedLoRA]] = []
+        self._hook_fns: list[tuple[nn.Linear, Callable]] = []
 
     @classmethod
     def default_config(cls, target, **options) -> MTPConfig:
@@ -250,6 +253,8 @@ class MTPDrafter(Drafter):
             if found != {n: list(s) for n, s in self.cfg.linears.items()}:
                 raise SpecbenchError(f"mtp drafter's adapted linears do not match block {i} of the target")
             self._hooked += [(m, self.lora[i][n.replace(".", "_")]) for n, m in block_linears(layer).items()]
+        # the same hook functions every pass: a captured pass (`specbench.compiled`) guards on them
+        self._hook_fns = [(m, self._hook(lora)) for m, lora in self._hooked]
         model.requires_grad_(False)  # the base stays frozen (B.2)
         return self
 
@@ -271,7 +276,7 @@ class MTPDrafter(Drafter):
         """LoRA hooks on every block linear for one pass; `gate [B, Q]` (1 = mask row). Outside this
         context the target has no hooks at all."""
         self._gate = gate[..., None]
-        handles = [m.register_forward_hook(self._hook(lora)) for m, lora in self._hooked]
+        handles = [m.register_forward_hook(hook) for m, hook in self._hook_fns]
         try:
             yield
         finally:
@@ -284,7 +289,7 @@ class MTPDrafter(Drafter):
         explicit `positions [B, Q]` and additive 4-D `mask`; returns final-normed states `[B, Q, H]`.
         `gate None`: no adapters at all (the plain target)."""
         with self.adapters(gate) if gate is not None else nullcontext():
-            return self.target.decoder_states(embeds, positions, mask, cache)
+            return compiled.run(self.target, self.target.decoder_states, embeds, positions, mask, cache)
 
     def joint_forward(self, tokens: torch.Tensor, anchors: torch.Tensor, cache, masks: int | None = None,
                       lora: bool = True):
@@ -433,7 +438,7 @@ class MTPDecoder(SpeculativeDecoder):
         if not self.drafting:
             self.drafts = torch.zeros(len(bonus), self.depth, dtype=torch.long, device=bonus.device)
         else:
-            self.drafts = self.drafter.draft(states, bonus, self.use_sampler)
+            self.drafts = compiled.run(self.target, self.drafter.draft, states, bonus, self.use_sampler)
 
     @torch.inference_mode()
     def on_prefill(self, logits):
@@ -498,6 +503,9 @@ class MTPMethod(Method):
     OPTION_KINDS = {"decoding": one_of(*DECODINGS), "sampler": SWITCH}
     DRAFTER_OPTIONS = ("num_masks", "rank", "lora_alpha", "base_weight", "sampler_weight", "lcm_weight",
                        "num_anchors")
+    COMPILED_PASSES = {"captured": ["joint pass through the adapted target (verify + mask blocks)",
+                                     "sampler decode of the drafts"],
+                       "eager": ["prefill"]}
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
         opts = self.split_options(options)  # -o sampler=false: the ablation

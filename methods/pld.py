@@ -82,6 +82,7 @@ class PromptLookupMethod(Method):
     description = "prompt-lookup (n-gram) decoding, training-free; chain verification (HF / Spec-Bench PLD)"
     default_depth = 7
     DECODE_OPTIONS = {"max_ngram": 3, "min_ngram": 1, "match": "first"}
+    COMPILED_PASSES = {"captured": ["target verify"], "eager": ["prefill", "n-gram lookup"]}
     OPTION_KINDS = {"max_ngram": integer(1), "min_ngram": integer(1), "match": one_of("first", "last")}
 
     def __init__(self, target, depth: int | None = None, **options):

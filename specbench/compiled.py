@@ -14,11 +14,20 @@ both arms alike, so the speedups it reports describe the regime a deployment run
 * eager stays the default (`--regime eager`), measured exactly as before; the regime is recorded in the
   manifest (`target.regime`, `target.compile_mode`).
 
-Drafters' own passes are not captured yet (EAGLE-3 levels, DFlash blocks, mask passes run eager in both
-regimes); `describe()` says so.
+A method's own fixed-shape passes go through the same compiler (`run`): the mask-row passes that *are*
+FlexDraft's and BiTA's verification (the target's layers walked by the method, not `model(...)`, so
+`compile_target` alone left them eager: a skew against the method), FlexDraft's sequential mask pass and
+DFlash's block pass over a static draft cache. Each method's `COMPILED_PASSES` names what it captures and
+what still runs eager (recorded in the manifest, `Method.describe()["compiled"]`).
+
+Under CUDA graphs (`reduce-overhead`) a replay writes its outputs into memory the next replay of the same
+graph reuses; `run` therefore hands back copies of a method pass's outputs (a few kilobytes: logits of the
+verified rows, draft states), so nothing a step still reads can be overwritten by a later pass.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 
@@ -48,6 +57,7 @@ def compile_target(target, mode: str | None = None, backend: str = "inductor"):
     """Switch `target` to the compiled regime (in place; returns it). `backend` other than inductor
     (e.g. "aot_eager") traces the same graphs without generating kernels: the tests' quick check."""
     target.compile_mode = mode or default_mode(target.device)
+    target.compile_backend = backend
     target.regime = "compiled"
     options = {"mode": target.compile_mode} if backend == "inductor" else {}
     config = torch._dynamo.config
@@ -65,3 +75,49 @@ def compile_target(target, mode: str | None = None, backend: str = "inductor"):
 
 def static_capacity(capacity: int) -> int:
     return -(-int(capacity) // CAPACITY_BUCKET) * CAPACITY_BUCKET
+
+
+def run(target, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` as `target`'s regime runs a method pass: itself when eager; when compiled, through
+    `torch.compile` with the target's backend and mode (one compiled function per `fn`, kept on the target
+    across cells as the target's graphs are). `fn` must read host state only for shapes that do not change
+    step to step (the static cache's capacity, the verify width): dynamo guards on every Python value it
+    reads, so a host length read inside would recompile every step. Bound methods are compiled as their
+    function, so a new decoder or drafter object reuses the traced code. A decode pass never needs
+    gradients: it runs under `torch.inference_mode` in both regimes' callers, and so here."""
+    if target.regime != "compiled" or target.compiled_model is None:
+        return fn(*args, **kwargs)
+    func = getattr(fn, "__func__", fn)
+    if getattr(fn, "__self__", None) is not None:
+        args = (fn.__self__, *args)
+    compiled = target.compiled_passes.get(func)
+    if compiled is None:
+        backend = target.compile_backend
+        options = {"mode": target.compile_mode} if backend == "inductor" else {}
+        # traced without its `inference_mode` decorator (dynamo cannot trace into one); run under it instead
+        compiled = torch.compile(inspect.unwrap(func), backend=backend, dynamic=False, **options)
+        target.compiled_passes[func] = compiled
+    with torch.inference_mode():
+        out = compiled(*args, **kwargs)
+    if target.compile_mode == "reduce-overhead":
+        out = torch.utils._pytree.tree_map_only(torch.Tensor, torch.clone, out)
+    return out
+
+
+def width(target, w: int, most: int) -> int:
+    """The width a pass whose width changes step to step runs at (FlexDraft's selective verification):
+    `w` itself when eager; when compiled the next power of two, at most `most`, so a run uses a handful of
+    graphs instead of one per width, each compiled once, as serving engines pad a step to their CUDA-graph
+    capture sizes. The extra columns are drafts no row verifies (`Proposal.counts` stays per row), so
+    the tokens are unchanged; the pass costs what the padded width costs, which the compiled step
+    records."""
+    if target.regime != "compiled":
+        return w
+    return min(1 << max(w - 1, 0).bit_length(), max(most, w))
+
+
+def graphs_traced() -> int:
+    """Graphs dynamo has traced in this process so far (compiled regime: targets' and methods' passes)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])

@@ -14,11 +14,12 @@ import datetime as _dt
 import hashlib
 import json
 import signal
+import sys
 from dataclasses import dataclass, field
 
 import torch
 
-from specbench import provenance
+from specbench import compiled, provenance
 from specbench.decode import generate
 from specbench.errors import SpecbenchError
 from specbench.metrics import summarize
@@ -181,6 +182,7 @@ class Runner:
         self.config = config
         self.store = store
         self.progress = progress
+        self.graphs_traced_while_timed = 0
         self.suite = get_suite(config.suite)  # fail fast on unknown names before loading a model
         from specbench.methods import method_class
         method_class(config.method)
@@ -220,7 +222,8 @@ class Runner:
                          "prompt_ids": [e.id for e in self.examples], "sampling": dataclasses.asdict(self.sampling),
                          "cpu_defaults": self.defaults or None},
             "target": self.target.describe(),
-            "method": self.method.describe(),
+            "method": {**self.method.describe(),
+                       **({"compiled_passes": self.method.COMPILED_PASSES} if self.config.regime == "compiled" else {})},
             "drafter": describe_drafter(path) if (path := getattr(self.method, "drafter_path", None)) else None,
             "suite": {"name": self.suite.name, "description": self.suite.description, "source": self.data_source},
             "arms": {"method": self.config.method, "baseline": "ar"},
@@ -249,7 +252,11 @@ class Runner:
     def _decode(self, method, prompts: list[list[int]], max_new_tokens: int, gen_key: str):
         timer = StepTimer(self.target.device)
         decoder = method.make_decoder(self.sampling, self._generator(gen_key))
-        return generate(decoder, prompts, max_new_tokens, self.target.eos_token_ids, timer)
+        traced = compiled.graphs_traced()
+        out = generate(decoder, prompts, max_new_tokens, self.target.eos_token_ids, timer)
+        if gen_key != "warmup":
+            self.graphs_traced_while_timed += compiled.graphs_traced() - traced
+        return out
 
     def warmup(self, examples: list[Example]) -> None:
         prompts = [self.target.render(self._messages(e, [], 0)) for e in examples]
@@ -351,7 +358,14 @@ class Runner:
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
-        run_dir.update_manifest(status="complete", load_average_end=provenance.load_average())
+        extra = {}
+        if self.config.regime == "compiled":
+            # a shape first met after the warm-up is traced and compiled inside a timed step
+            extra["graphs_traced_while_timed"] = self.graphs_traced_while_timed
+            if self.graphs_traced_while_timed and self.progress:
+                print(f"note: {self.graphs_traced_while_timed} graph(s) were compiled inside timed steps (shapes the "
+                      "warm-up did not meet); their batches' times include compilation", file=sys.stderr)
+        run_dir.update_manifest(status="complete", load_average_end=provenance.load_average(), **extra)
         return run_dir
 
 

@@ -95,7 +95,10 @@ class Target:
     #: "eager", or "compiled" (`specbench.compiled.compile_target`: static cache, captured decode forwards)
     regime: str = "eager"
     compile_mode: str | None = None
+    compile_backend: str = "inductor"
     compiled_model: torch.nn.Module | None = None
+    #: methods' own passes compiled for this target (`specbench.compiled.run`), by function
+    compiled_passes: dict = field(default_factory=dict, repr=False)
     #: "direct" (`specbench.direct_forward`: the model's modules walked without transformers' per-call
     #: plumbing, bit-identical logits) where the architecture allows, else "transformers" (`model(...)`)
     forward_impl: str = "auto"

@@ -167,3 +167,80 @@ def test_layer_features_caught_by_hooks_are_the_eager_ones_under_the_traced_targ
         for k in want:
             torch.testing.assert_close(have[k], want[k], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(features[eager.name][0][1], features[eager.name][1][1])  # steps differ
+
+
+def test_every_captured_method_pass_computes_what_its_eager_call_computes(monkeypatch):
+    """The methods' own passes in the compiled regime (`specbench.compiled.run`: FlexDraft's joint and mask
+    passes, BiTA's joint pass, MTP's adapted target pass, DFlash's block pass, EAGLE-3's draft tree): at
+    every call of a batch-4 decode, the traced pass's outputs equal the same call run eagerly (the passes'
+    cache writes are idempotent: the same keys into the same pending slots). Random drafters accept next to
+    nothing, so equal tokens alone would not show a pass that lost its adapters or read stale state; and a
+    second batch traces no new graph (no host length read inside a pass)."""
+    from torch._dynamo.utils import counters
+
+    from specbench import compiled as compiled_module
+    from specbench.compiled import compile_target
+    from specbench.testing import lossless
+
+    eager = lossless.load_tiny("tiny-random-qwen3")
+    target = _twin(eager, "tiny-traced-passes")
+    compile_target(target, backend="aot_eager")
+    traced_run = compiled_module.run
+    calls = {}
+
+    def checked_run(t, fn, *args, **kwargs):
+        out = traced_run(t, fn, *args, **kwargs)
+        with torch.inference_mode():
+            want = fn(*args, **kwargs)
+        name = getattr(fn, "__qualname__", str(fn))
+        calls[name] = calls.get(name, 0) + 1
+        for have, ref in zip(torch.utils._pytree.tree_leaves(out), torch.utils._pytree.tree_leaves(want)):
+            if ref.is_floating_point():
+                torch.testing.assert_close(have, ref, atol=1e-4, rtol=1e-4, msg=name)
+            else:
+                assert torch.equal(have, ref), name
+        return out
+
+    monkeypatch.setattr(compiled_module, "run", checked_run)
+    prompts = lossless.kit_prompts(eager)
+    with one_thread():
+        for name, factory in _method_factories().items():
+            method = factory(target)
+            lossless.check_greedy(method, target, 12, batch_sizes=(4,))
+            graphs = counters["stats"]["unique_graphs"]
+            generate(method.make_decoder(SamplingConfig(), None), prompts[4:8], 12, target.eos_token_ids,
+                     StepTimer(target.device))
+            assert counters["stats"]["unique_graphs"] == graphs, name
+    assert {n.split(".")[0] for n in calls} >= {"FlexDraftDecoder", "FlexDraftDrafter", "BiTADrafter", "Target",
+                                                "DFlashDecoder"}, calls
+
+
+def test_a_compiled_run_records_its_captured_passes_and_graphs_traced_while_timed(tmp_path, tiny_llama):
+    """The manifest of a compiled run says what the method's compiled regime captures and what runs eager,
+    and how many graphs were traced inside timed decodes (a shape the warm-up did not meet is compiled in
+    a timed step; pld's fixed verify width and AR's q = 1 are all met by the warm-up: 0)."""
+    import json
+
+    from specbench.compiled import compile_target
+    from specbench.methods.pld import PromptLookupMethod
+    from specbench.results import ResultStore
+    from specbench.runner import RunConfig, Runner
+
+    target = _twin(tiny_llama, "tiny-compiled-run")
+    compile_target(target, backend="aot_eager")
+    config = dict(method="pld", suite="gsm8k", target="tiny-random-llama", limit=4, max_new_tokens=12, batch_size=2,
+                  regime="compiled")
+    with one_thread():
+        run_dir = Runner(RunConfig(**config), ResultStore(tmp_path), progress=False, target=target).run(run_id="c")
+    manifest = json.loads((run_dir.path / "manifest.json").read_text())
+    assert manifest["method"]["compiled_passes"] == PromptLookupMethod.COMPILED_PASSES
+    assert manifest["graphs_traced_while_timed"] == 0
+    assert manifest["target"]["regime"] == "compiled"
+    runner = Runner(RunConfig(**{**config, "limit": 2, "batch_size": 1}), ResultStore(tmp_path / "b"),
+                    progress=False, target=target)
+    run_dir = runner.run(run_id="d")  # batch 1: shapes the first run never traced, met by this run's warm-up
+    assert json.loads((run_dir.path / "manifest.json").read_text())["graphs_traced_while_timed"] == 0
+    runner = Runner(RunConfig(**{**config, "limit": 3, "batch_size": 3, "warmup": False}), ResultStore(tmp_path / "c"),
+                    progress=False, target=target)
+    run_dir = runner.run(run_id="e")  # batch 3 without a warm-up: traced while timed, and counted
+    assert json.loads((run_dir.path / "manifest.json").read_text())["graphs_traced_while_timed"] >= 1
