@@ -502,7 +502,7 @@ class FlexDraftDecoder(SpeculativeDecoder):
         return "parallel" if batch <= self.batch_threshold else "sequential"
 
     # -- drafting -------------------------------------------------------------------------------------------
-    def _set_drafts(self, h: torch.Tensor, bonus: torch.Tensor) -> None:
+    def _set_drafts(self, h: torch.Tensor, bonus: torch.Tensor, stop_early: bool = True) -> None:
         """Drafts from mask states `h [B, B-1, H]` (slots 1..B-1) calibrated with the new `bonus [B]`;
         `v` from the calibrated confidences (E.6: calibration happens before pruning).
 
@@ -511,6 +511,8 @@ class FlexDraftDecoder(SpeculativeDecoder):
         (E.6 [recon]: computing them is waste), so `v` and the verified drafts are unchanged.
         """
         b, n, _ = h.shape
+        if h.stride() != (n * h.shape[2], h.shape[2], 1):  # one layout from both modes (a slice of the block,
+            h = h.clone(memory_format=torch.contiguous_format)  # or gathered groups): one captured head graph
         chunk = n if self.threshold <= 0 else DRAFT_CHUNK
         conf = torch.zeros(b, n, device=h.device)
         drafts = torch.zeros(b, n, dtype=torch.long, device=h.device)
@@ -530,7 +532,7 @@ class FlexDraftDecoder(SpeculativeDecoder):
             else:
                 drafts[:, i:i + chunk] = z.argmax(-1)
             running = running * c.double().prod(-1)
-            if self.threshold > 0 and bool((running < self.threshold).all()):
+            if stop_early and self.threshold > 0 and bool((running < self.threshold).all()):
                 break
         self.v = selective_length(conf, self.threshold)
         self.v_max = int(self.v.max())  # the verify width, needed on the host
@@ -567,6 +569,21 @@ class FlexDraftDecoder(SpeculativeDecoder):
         logits, hm = self.drafter.joint_forward(ids, cache, self.drafter.mask_rows(b, w * self.block), mask_pos, see,
                                                 positions=positions)
         return logits, hm.view(b, w, self.block, -1)
+
+    def warm_shapes(self) -> None:
+        """Every padded verify width in each mode this batch may use (flex switches to parallel when rows
+        stop), and the draft head's chunk widths (a step that stops early never reaches the last chunk).
+        Inputs are made as a step makes them (dynamo guards on strides and on inference-tensor-ness)."""
+        b, n = self.drafts.shape
+        modes = {"parallel", "sequential"} if self.mode == "flex" else {self.mode}
+        for w in sorted({compiled.width(self.target, v, n) for v in range(1, n + 1)}):
+            ids = torch.cat([self.last[:, None], self.drafts[:, :w]], 1)  # as `verify_chain` builds them
+            for mode in sorted(modes):
+                (self._parallel_forward if mode == "parallel" else self.target.forward)(ids, self.cache)
+        self._groups = None
+        with torch.inference_mode():
+            self._set_drafts(torch.zeros(b, n, self.drafter.cfg.hidden_size, dtype=self.target.dtype,
+                                         device=self.target.device), self.last, stop_early=False)
 
     # -- Decoder API ------------------------------------------------------------------------------------------
     def on_prefill(self, logits):

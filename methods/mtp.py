@@ -452,6 +452,17 @@ class MTPDecoder(SpeculativeDecoder):
         self._set_drafts(states[:, 0], self.last)
 
     @torch.inference_mode()
+    def warm_shapes(self) -> None:
+        """Linear decoding's two verify widths: a drafting step's and a stall step's (no row drafting: the
+        bonus verified alone, one block after it)."""
+        if self.decoding != "quadratic":
+            b = len(self.cache.lengths)
+            for width in (self.depth, 0):
+                self._lengths = torch.full((b,), width, dtype=torch.long, device=self.target.device)
+                self._mtp_forward(self.last[:, None].expand(b, width + 1).contiguous(), self.cache)
+            self._states = None
+
+    @torch.inference_mode()
     def _mtp_forward(self, ids: torch.Tensor, cache) -> torch.Tensor:
         """`ids = [x_0, s_1..s_w]`: quadratic puts a block after every token row, linear one block after
         each row's last real draft; keeps the mask states for after acceptance."""

@@ -47,6 +47,12 @@ class Decoder(ABC):
     #: tokens a method may commit in one step beyond the first; the loop reserves cache room for it
     max_step_tokens: int = 1
 
+    def warm_shapes(self) -> None:
+        """The compiled regime's warm-up of shapes a short decode may not meet (a width that changes step to
+        step): the runner calls it after the warm-up decode, on that decode's finished state, so no graph is
+        first traced inside a timed step. Pending writes it makes are never committed. Most decoders' shapes
+        are fixed per batch: nothing to do."""
+
 
 class ActiveRows:
     """Which rows of a batch still decode, on the host (`host`, list of bools) and on the device

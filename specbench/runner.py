@@ -256,9 +256,13 @@ class Runner:
         out = generate(decoder, prompts, max_new_tokens, self.target.eos_token_ids, timer)
         if gen_key != "warmup":
             self.graphs_traced_while_timed += compiled.graphs_traced() - traced
+        elif self.config.regime == "compiled":
+            decoder.warm_shapes()
         return out
 
     def warmup(self, examples: list[Example]) -> None:
+        """Both arms decode the first batch briefly; compiled, each decoder then traces the shapes a short
+        decode may miss (`Decoder.warm_shapes`), so no graph is compiled inside a timed step."""
         prompts = [self.target.render(self._messages(e, [], 0)) for e in examples]
         for method in (self.method, self.baseline):
             self._decode(method, prompts, WARMUP_TOKENS, "warmup")

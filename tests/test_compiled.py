@@ -244,3 +244,45 @@ def test_a_compiled_run_records_its_captured_passes_and_graphs_traced_while_time
                     progress=False, target=target)
     run_dir = runner.run(run_id="e")  # batch 3 without a warm-up: traced while timed, and counted
     assert json.loads((run_dir.path / "manifest.json").read_text())["graphs_traced_while_timed"] >= 1
+
+
+def test_warm_shapes_traces_the_widths_a_short_decode_misses():
+    """FlexDraft's padded verify widths (both flex modes, draft-head chunks) and MTP linear's two verify
+    widths are met by `Decoder.warm_shapes`: after a prefill and `warm_shapes`, a whole decode of another
+    batch traces no new graph, and without `warm_shapes` it does."""
+    from torch._dynamo.utils import counters
+
+    from specbench.compiled import compile_target
+    from specbench.testing import lossless
+
+    eager = lossless.load_tiny("tiny-random-qwen3")
+    methods = {"flexdraft": _flex_both_modes, "mtp": _mtp_linear}
+    prompts = lossless.kit_prompts(eager)
+    with one_thread():
+        for name, factory in methods.items():
+            missed = []
+            for warm in (False, True):
+                target = _twin(eager, f"tiny-warm-{name}-{warm}")
+                compile_target(target, backend="aot_eager")
+                method = factory(target)
+                first = method.make_decoder(SamplingConfig(), None)
+                generate(first, prompts[:4], 1, target.eos_token_ids, StepTimer(target.device))  # prefill only
+                if warm:
+                    first.warm_shapes()
+                graphs = counters["stats"]["unique_graphs"]
+                second = method.make_decoder(SamplingConfig(), None)
+                generate(second, prompts[4:8], 16, target.eos_token_ids, StepTimer(target.device))
+                missed.append(counters["stats"]["unique_graphs"] - graphs)
+            assert missed[0] > 0 and missed[1] == 0, (name, missed)
+
+
+def _mtp_linear(target):
+    import test_mtp
+
+    return test_mtp.mtp(target, decoding="linear")
+
+
+def _flex_both_modes(target):
+    import test_flexdraft
+
+    return test_flexdraft.flex(target, mode="flex", batch_threshold=2)  # batch 4: sequential until rows stop
