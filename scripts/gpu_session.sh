@@ -13,6 +13,9 @@
 # Timing on an H200 (2026-11-26): BUDGET=6 -> phase2 535 s (one call may run 600 s: keep BUDGET <= 6),
 # phase3 ~190 s with LIMIT=4; about 13 of a session's 15 device minutes in all.
 # phase4 (2026-12-04, with its start and transfers): 370 s of command, ~7 device minutes in all.
+# Since cbacdc2 a compiled drafted method also compiles its own passes (CPU, inductor: 53-169 s per compiled
+# run of 4 prompts, compilation included, against 26-42 s eager); give carry3's compiled cells the larger
+# share of DEADLINE, and read graphs_traced_while_timed in each manifest (0: nothing compiled while timed).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site SPECBENCH_DATA_DIR=/tmp/work/data SPECBENCH_CACHE_DIR=/tmp/work/cache
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

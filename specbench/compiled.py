@@ -15,14 +15,16 @@ both arms alike, so the speedups it reports describe the regime a deployment run
   manifest (`target.regime`, `target.compile_mode`).
 
 A method's own fixed-shape passes go through the same compiler (`run`): the mask-row passes that *are*
-FlexDraft's and BiTA's verification (the target's layers walked by the method, not `model(...)`, so
-`compile_target` alone left them eager: a skew against the method), FlexDraft's sequential mask pass and
-DFlash's block pass over a static draft cache. Each method's `COMPILED_PASSES` names what it captures and
-what still runs eager (recorded in the manifest, `Method.describe()["compiled"]`).
+FlexDraft's and BiTA's verification and MTP's adapted target pass (the target's layers walked by the
+method, not `model(...)`, so `compile_target` alone left them eager: a skew against the method), and the
+drafters' passes (FlexDraft's mask pass and head, DFlash's block pass and EAGLE-3's extension and tree over
+static draft caches). Each method's `COMPILED_PASSES` names what it captures and what still runs eager;
+a compiled run's manifest records it (`method.compiled_passes`) with the number of graphs first traced
+inside a timed step (`graphs_traced_while_timed`; `Decoder.warm_shapes` exists to keep it 0).
 
 Under CUDA graphs (`reduce-overhead`) a replay writes its outputs into memory the next replay of the same
-graph reuses; `run` therefore hands back copies of a method pass's outputs (a few kilobytes: logits of the
-verified rows, draft states), so nothing a step still reads can be overwritten by a later pass.
+graph reuses; `run` therefore hands back copies of a method pass's outputs (verified rows' logits, draft
+states: a device copy of at most a few MB), so nothing a step still reads can be overwritten by a later pass.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def width(target, w: int, most: int) -> int:
     """The width a pass whose width changes step to step runs at (FlexDraft's selective verification):
     `w` itself when eager; when compiled the next power of two, at most `most`, so a run uses a handful of
     graphs instead of one per width, each compiled once, as serving engines pad a step to their CUDA-graph
-    capture sizes. The extra columns are drafts no row verifies (`Proposal.counts` stays per row), so
+    capture sizes. The extra columns are drafts no row verifies (`Proposal.lengths` stays per row), so
     the tokens are unchanged; the pass costs what the padded width costs, which the compiled step
     records."""
     if target.regime != "compiled":
