@@ -421,3 +421,20 @@ def test_crossings_back_and_forth_and_without_a_focus_method():
     frame = pd.DataFrame(rows("flexdraft", "flexdraft", (1.10, 1.104)) + rows("mtp", "mtp", (1.105, 1.10)))
     assert curves.crossing_sentences(frame) == [
         "s: flexdraft's τ is level with mtp's (within 0.01) at every training time measured (from 1.0 to 2.0 min)."]
+
+
+def test_runtime_label_says_when_a_compiled_run_left_passes_eager_or_compiled_while_timed():
+    """A compiled run of a drafted method from before its passes were captured, and one that compiled graphs
+    inside timed steps, must not read like a clean compiled measurement."""
+    from specbench.report.aggregate import runtime_label
+
+    target = {"forward": "transformers", "regime": "compiled"}
+    old = {"method": {"name": "dflash", "drafter_parameters": 10}}
+    new = {"method": {"name": "dflash", "drafter_parameters": 10, "compiled_passes": {"captured": ["x"]}},
+           "graphs_traced_while_timed": 0}
+    assert runtime_label(target, old) == "model(...), compiled (target forward only; the method's own passes eager)"
+    assert runtime_label(target, new) == "model(...), compiled"
+    assert runtime_label(target, {**new, "graphs_traced_while_timed": 2}) == \
+        "model(...), compiled, 2 graph(s) compiled while timed"
+    assert runtime_label(target, {"method": {"name": "pld", "drafter_parameters": 0}}) == "model(...), compiled"
+    assert runtime_label({"forward": "direct", "skinny_rows": 0}, old) == "direct"

@@ -163,10 +163,18 @@ def _drafter_training(manifest: dict) -> dict:
             "drafter_path": d.get("path"), "drafter_run": run}
 
 
-def runtime_label(target: dict) -> str:
+def runtime_label(target: dict, manifest: dict | None = None) -> str:
     """Which target forward a run measured (issue 20): the harness's direct forward and its product rule,
-    or transformers' `model(...)` (manifests before the direct forward say nothing: that one)."""
+    or transformers' `model(...)` (manifests before the direct forward say nothing: that one). A compiled
+    run says when its method's own passes ran eager (manifests before they were captured) and when graphs
+    were compiled inside timed steps (their times include compilation)."""
     regime = "" if target.get("regime") in (None, "eager") else f", {target['regime']}"
+    if target.get("regime") == "compiled" and manifest is not None:
+        method = manifest.get("method") or {}
+        if method.get("drafter_parameters") and "compiled_passes" not in method:
+            regime += " (target forward only; the method's own passes eager)"
+        if traced := manifest.get("graphs_traced_while_timed"):
+            regime += f", {traced} graph(s) compiled while timed"
     if target.get("forward") != "direct":
         return "model(...)" + regime
     rows = target.get("skinny_rows") or 0
@@ -197,7 +205,7 @@ def run_row(run: LoadedRun) -> dict:
         "hardware": hw.get("gpu") or hw.get("cpu"), "threads": hw.get("torch_threads"),
         "git_sha": (git.get("sha") or "")[:10] + ("+dirty" if git.get("dirty") else ""),
         "torch": versions.get("torch"), "transformers": versions.get("transformers"),
-        "runtime": runtime_label(m.get("target") or {}),
+        "runtime": runtime_label(m.get("target") or {}, m),
         "created": prov.get("created"), "executor": (m.get("executor") or {}).get("name", "specbench run"),
         "load_average": _max_load(m, hw),
         "cpu_count": (m.get("executor") or {}).get("cpu_count") or hw.get("cpu_count"),
