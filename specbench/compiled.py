@@ -52,7 +52,21 @@ def set_regime(target, regime: str):
     if regime == "compiled" and target.compiled_model is None:
         compile_target(target)
     target.regime = regime
+    _product_rule(target)
     return target
+
+
+def _product_rule(target) -> None:
+    """One product rule per regime for every pass of both arms: the compiled decode forwards are
+    `model(...)` (`F.linear`), so compiled turns the CPU's skinny rule (`specbench.skinny`) off for the
+    methods' passes and drafters too (they read `target.skinny_rows` when built); eager restores the
+    measured rule. The manifest records the rule in force."""
+    if target.regime == "compiled":
+        if not hasattr(target, "eager_product_rule"):
+            target.eager_product_rule = (target.skinny_rows, target.skinny_source)
+        target.skinny_rows, target.skinny_source = 0, "off (compiled regime: model(...)'s F.linear)"
+    elif hasattr(target, "eager_product_rule"):
+        target.skinny_rows, target.skinny_source = target.eager_product_rule
 
 
 def compile_target(target, mode: str | None = None, backend: str = "inductor"):
@@ -72,6 +86,7 @@ def compile_target(target, mode: str | None = None, backend: str = "inductor"):
     # AR arm's, or pld's at the same width) ran the method's forward and left its features empty
     config.skip_nnmodule_hook_guards = False
     target.compiled_model = torch.compile(target.model, backend=backend, dynamic=False, **options)
+    _product_rule(target)
     return target
 
 

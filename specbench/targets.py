@@ -163,7 +163,9 @@ class Target:
                 "vocab_size": self.vocab_size, "parameters": sum(p.numel() for p in self.model.parameters()),
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
                 "attn_implementation": getattr(self.config, "_attn_implementation", None),
-                "regime": self.regime, "compile_mode": self.compile_mode, "forward": self.forward_impl,
+                "regime": self.regime, "compile_mode": self.compile_mode,
+                # compiled: the timed decode forwards are `model(...)` through torch.compile (the prefill direct)
+                "forward": "transformers" if self.regime == "compiled" else self.forward_impl,
                 "skinny_rows": self.skinny_rows, "skinny_source": self.skinny_source,
                 "chat": self.chat.as_dict()}
 

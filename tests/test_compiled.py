@@ -87,17 +87,22 @@ def test_every_method_keeps_its_tokens_in_the_static_cache_layout():
 
 
 def test_a_shared_target_takes_each_cells_regime(tiny_llama):
-    """A sweep shares its target across cells: an eager cell after a compiled one runs eager again."""
+    """A sweep shares its target across cells: an eager cell after a compiled one runs eager again, under
+    the eager product rule again."""
     from specbench.compiled import set_regime
 
     target = _twin(tiny_llama, "tiny-shared")
+    target.skinny_rows, target.skinny_source = 4, "env"  # a CPU's measured W @ Xᵀ rule
     set_regime(target, "compiled")
     assert target.new_cache(1, 8).static and target.compiled_model is not None
+    # every pass under model(...)'s products, the methods' own and the drafters' too
+    assert target.skinny_rows == 0 and target.describe()["forward"] == "transformers"
     compiled = target.compiled_model
     set_regime(target, "eager")
     assert not target.new_cache(1, 8).static and target.describe()["regime"] == "eager"
+    assert (target.skinny_rows, target.skinny_source) == (4, "env") and target.describe()["forward"] == "direct"
     set_regime(target, "compiled")
-    assert target.compiled_model is compiled  # captured once, kept
+    assert target.compiled_model is compiled and target.skinny_rows == 0  # captured once, kept
 
 
 def test_a_compiled_profile_grid_captures_one_graph_per_shape_past_torchs_default_limit(tiny_llama):
