@@ -650,7 +650,9 @@ class FlexDraftMethod(Method):
                                      "target verify (sequential mode)", "sequential mask pass (static cache)",
                                      "draft LM head + calibration, per chunk"],
                        "eager": ["prefill", "selective verification's early stop (a host read per chunk)"],
-                       "shapes": "verify width padded to a power of two (drafts past a row's v are not verified)"}
+                       "shapes": "verify width padded to a power of two (drafts past a row's v are not verified; "
+                                 "at T > 0 acceptance draws uniforms for the padded columns too: another random "
+                                 "stream than eager's, the same distribution)"}
 
     def __init__(self, target, depth: int | None = None, drafter=None, **options):
         options = _spell_out(options)

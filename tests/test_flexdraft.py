@@ -446,3 +446,27 @@ def test_the_head_and_calibration_after_the_pass_are_draft_time(mode):
     assert_draft_work_in_draft_span(method, target, method.drafter, "draft_logits")
     if mode == "sequential":
         assert_draft_work_in_draft_span(method, target, method.drafter, "mask_forward")
+
+
+def test_padded_verify_width_of_the_compiled_regime_keeps_the_target_distribution(monkeypatch):
+    """The compiled regime pads the verify width to a power of two (`specbench.compiled.width`): acceptance
+    draws uniforms for columns no row verifies, so samples differ from eager's; their distribution must not.
+    The padding alone, on the eager cache (the static one would hold 1024 slots per sampled row)."""
+    from specbench import compiled
+
+    padded = []
+
+    def width(target, w, most):
+        padded.append((w, min(1 << max(w - 1, 0).bit_length(), max(most, w))))
+        return padded[-1][1]
+
+    def wide_blocks(target):  # 7 drafts: widths 3, 5 and 6 are padded (block 4's 1-3 never are)
+        torch.manual_seed(0)
+        drafter = FlexDraftDrafter.for_target(target, block_size=8, calib_rank=8).eval()
+        return build_method("flexdraft", target, drafter=drafter, mode="parallel", draft_sampling="sample",
+                            batch_threshold=2, threshold=0.5)  # a high bar: v varies step to step
+
+    monkeypatch.setattr(compiled, "width", width)
+    reports = lossless.check_distribution(wide_blocks, n_samples=2 ** 14)
+    assert all(r.passed for r in reports), "\n".join(map(str, reports))
+    assert any(p > w for w, p in padded), sorted(set(padded))  # some steps verified padded columns
