@@ -62,10 +62,10 @@ def _product_rule(target) -> None:
     methods' passes and drafters too (they read `target.skinny_rows` when built); eager restores the
     measured rule. The manifest records the rule in force."""
     if target.regime == "compiled":
-        if not hasattr(target, "eager_product_rule"):
+        if target.eager_product_rule is None:
             target.eager_product_rule = (target.skinny_rows, target.skinny_source)
         target.skinny_rows, target.skinny_source = 0, "off (compiled regime: model(...)'s F.linear)"
-    elif hasattr(target, "eager_product_rule"):
+    elif target.eager_product_rule is not None:
         target.skinny_rows, target.skinny_source = target.eager_product_rule
 
 

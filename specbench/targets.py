@@ -99,6 +99,8 @@ class Target:
     compiled_model: torch.nn.Module | None = None
     #: methods' own passes compiled for this target (`specbench.compiled.run`), by function
     compiled_passes: dict = field(default_factory=dict, repr=False)
+    #: the measured product rule `(skinny_rows, skinny_source)`, kept while the compiled regime turns it off
+    eager_product_rule: tuple | None = None
     #: "direct" (`specbench.direct_forward`: the model's modules walked without transformers' per-call
     #: plumbing, bit-identical logits) where the architecture allows, else "transformers" (`model(...)`)
     forward_impl: str = "auto"

@@ -452,12 +452,14 @@ def test_padded_verify_width_of_the_compiled_regime_keeps_the_target_distributio
     """The compiled regime pads the verify width to a power of two (`specbench.compiled.width`): acceptance
     draws uniforms for columns no row verifies, so samples differ from eager's; their distribution must not.
     The padding alone, on the eager cache (the static one would hold 1024 slots per sampled row)."""
+    from types import SimpleNamespace
+
     from specbench import compiled
 
-    padded = []
+    padded, compiled_width = [], compiled.width
 
-    def width(target, w, most):
-        padded.append((w, min(1 << max(w - 1, 0).bit_length(), max(most, w))))
+    def width(target, w, most):  # the compiled regime's own rule, on the eager target
+        padded.append((w, compiled_width(SimpleNamespace(regime="compiled"), w, most)))
         return padded[-1][1]
 
     def wide_blocks(target):  # 7 drafts: widths 3, 5 and 6 are padded (block 4's 1-3 never are)
