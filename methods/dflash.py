@@ -42,7 +42,6 @@ from specbench.methods.base import Method
 from specbench.skinny import product
 from specbench.training.data import pick_anchors
 from specbench.training.drafter import Drafter
-from specbench.training.features import capture_layers
 
 PAPER_DEFAULTS = {"num_layers": 5, "block_size": 16, "gamma": 7.0, "num_anchors": 512}
 #: what wins on 2 CPU cores for smollm2-135m (layers, block: README "Measured"; anchors: training/budget.py)
@@ -375,8 +374,7 @@ class DFlashDecoder(ChainSpeculativeDecoder):
     def forward(self, ids, cache, **kwargs):
         """Target forward that also catches the features of `target_layer_ids` (B.1.1)."""
         layer_ids = self.drafter.cfg.target_layer_ids
-        with capture_layers(self.target.model, layer_ids) as got:
-            logits = self.target.forward(ids, cache, **kwargs)
+        logits, got = self.target.forward_with_features(ids, cache, layer_ids, **kwargs)
         self.features = fused(got, layer_ids)  # [B, q, L*H_t]
         return logits
 

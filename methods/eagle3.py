@@ -51,7 +51,6 @@ from specbench.kv_cache import RowKVCache
 from specbench.layers import DecoderLayerShape, RMSNorm, apply_rotary, rope_theta, rotary
 from specbench.methods.base import Method, integer, one_of
 from specbench.training.drafter import Drafter
-from specbench.training.features import capture_layers
 from specbench.training.store import NEW_FIELD
 
 #: EAGLE-3's evaluation-script tree (A.4): top-k 10, depth 5 (6 drafted levels), 60 nodes incl. root
@@ -500,8 +499,7 @@ class Eagle3Decoder(TreeSpeculativeDecoder):
 
     def forward(self, ids, cache, **kwargs):
         """Target forward that also keeps the fused features `[B, q, 3H_t]` of its positions (A.5-1, A.5-2)."""
-        with capture_layers(self.target.model, self.layer_ids) as got:
-            logits = self.target.forward(ids, cache, **kwargs)
+        logits, got = self.target.forward_with_features(ids, cache, self.layer_ids, **kwargs)
         self.features = torch.cat([got[i] for i in self.layer_ids], -1)
         return logits
 

@@ -438,6 +438,8 @@ class MTPDecoder(SpeculativeDecoder):
         if not self.drafting:
             self.drafts = torch.zeros(len(bonus), self.depth, dtype=torch.long, device=bonus.device)
         else:
+            # one layout for the captured sampler pass: the prompt's block is a strided view, a step's a gather
+            states = states.contiguous() if self.target.regime == "compiled" else states
             self.drafts = compiled.run(self.target, self.drafter.draft, states, bonus, self.use_sampler)
 
     @torch.inference_mode()

@@ -8,7 +8,8 @@
 #   prep, carry1, carry2, carry3: the same as phase3 with drafters trained elsewhere (carried in float16)
 #   phase4 (alone; one call): issue 20 at the paper's target size and at smollm2's, random weights (no download): one
 #           forward vs the roofline, eager and compiled (`specbench profile`), and AR/pld runs in both regimes
-#           (tokens compared across regimes) -> $OUT/phase4.tar.xz; needs .dev/gsm8k.tar.xz only
+#           (tokens compared across regimes), last the host time per compiled call by guard set
+#           (benchmarks/compiled_guard_overhead.py) -> $OUT/phase4.tar.xz; needs .dev/gsm8k.tar.xz only
 # The files travel in .dev/ (git-ignored): gguf.part1/2, data.tar.xz, whl/.
 # Timing on an H200 (2026-11-26): BUDGET=6 -> phase2 535 s (one call may run 600 s: keep BUDGET <= 6),
 # phase3 ~190 s with LIMIT=4; about 13 of a session's 15 device minutes in all.
@@ -138,6 +139,9 @@ if [ "$phase" = phase4 ]; then
       --regime $regime --limit ${LIMIT:-4} --max-new-tokens ${NEW:-64} --results-dir $R/runs --run-id small-$m-$regime --no-progress
   done; done
   step prof-big-compiled-q8 150 $PROF --random-weights $BIG --dtype bfloat16 --batch 1 --q 8 --compiled
+  # host time per compiled call, the compiled model(...) of before stop 32 vs the frozen-guard direct forward
+  step guards-big 200 python3 benchmarks/compiled_guard_overhead.py --config $BIG --device $DEV --dtype bfloat16 \
+    --context ${CONTEXT:-512} --repeats 30 --variants model,direct-frozen --out $R/guards-big.json
   [ "$DEV" = cuda ] && nvidia-smi > $R/nvidia-smi.txt 2>&1
   tar -cJf $OUT/phase4.tar.xz -C $W phase4; echo "phase4 done in $(el) s"; exit 0
 fi

@@ -17,9 +17,9 @@ rows), the mask-row methods' clean rows through `clean_attention` (`layers.joint
 drafters' own linears through the same product rule, so no arm gets a leaner target than another.
 
 Scope: decoder-only models of the Llama layout (`LlamaForCausalLM`, `Qwen3ForCausalLM`) without sliding
-windows or rope variants the rotary module does not own; anything else (and the compiled regime, which
-captures `model(...)` itself) runs `model(...)`. `supported` says why not, and `Target.describe` records
-which forward ran. Forward hooks on decoder layers still fire (feature capture, `training.features`), as
+windows or rope variants the rotary module does not own; anything else runs `model(...)`. `supported` says
+why not, and `Target.describe` records which forward ran. The compiled regime compiles this same forward
+(`forward_with_layers`). Eager, forward hooks on decoder layers still fire (`training.features`), as
 `nn.Module.__call__` would fire them; a layer with pre-hooks sends the forward back to `model(...)`.
 """
 
@@ -111,24 +111,48 @@ def forward(model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor, 
     what SDPA's causal flag computes (q = 1, or a write into an empty cache; `Target.forward` decides).
     `keep`: 0 = every position, an int k = the last k, a tensor = those positions (HF's `logits_to_keep`).
     """
+    return forward_with_layers(model, input_ids, positions, mask, cache, keep, function, skinny_rows)[0]
+
+
+def forward_with_layers(model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor,
+                        mask: torch.Tensor | None, cache, keep, function, skinny_rows: int = 0,
+                        capture: tuple[int, ...] = ()) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """`(forward(...), outputs [B, q, H] of the decoder layers in `capture`, in that order)`: the layer
+    features EAGLE-3 and DFlash read, as arguments and outputs instead of forward hooks, so a compiled
+    forward is a pure function of its inputs (`specbench.compiled`: the target's modules are not re-checked
+    per call, hooks included)."""
     inner = model.model
-    x = layers(model, inner.embed_tokens(input_ids), positions, mask, cache, function, skinny_rows)
+    caught: list[torch.Tensor] = []
+    x = layers(model, inner.embed_tokens(input_ids), positions, mask, cache, function, skinny_rows, capture, caught)
     picked = x[:, slice(-keep, None) if isinstance(keep, int) else keep]  # the norm is per position
-    return linear(model.lm_head, inner.norm(picked), skinny_rows)
+    return linear(model.lm_head, inner.norm(picked), skinny_rows), tuple(caught)
 
 
 def layers(model: nn.Module, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache,
-           function, skinny_rows: int = 0) -> torch.Tensor:
-    """Every decoder layer on embeddings `x [B, q, H]`; the last layer's output, before the final norm."""
+           function, skinny_rows: int = 0, capture: tuple[int, ...] = (), caught: list | None = None) -> torch.Tensor:
+    """Every decoder layer on embeddings `x [B, q, H]`; the last layer's output, before the final norm.
+    The outputs of the layers in `capture` are appended to `caught`, in `capture`'s order."""
     inner = model.model
     cos, sin = inner.rotary_emb(x, positions)
-    for layer in inner.layers:
+    outputs = {}
+    for i, layer in enumerate(inner.layers):
         attn = layer.self_attn
         x = x + clean_attention(attn, layer.input_layernorm(x), cos, sin, mask, cache, function, skinny_rows)
         x = x + mlp(layer.mlp, layer.post_attention_layernorm(x), skinny_rows)
         if layer._forward_hooks:
             x = _fire_hooks(layer, x)
+        if i in capture:
+            outputs[i] = x
+    if caught is not None:
+        caught.extend(outputs[i] for i in capture)
     return x
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Any forward hook or pre-hook on the model or a decoder layer: what a compiled forward, whose module
+    guards are dropped (`specbench.compiled`), would not see."""
+    layers = model.model.layers
+    return has_pre_hooks(model) or bool(model._forward_hooks) or any(layer._forward_hooks for layer in layers)
 
 
 def _fire_hooks(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:

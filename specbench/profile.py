@@ -18,7 +18,10 @@ over a `RowKVCache` prefilled with `--context` random tokens, its write discarde
 Timers are the decode loop's (`StepTimer`: CUDA events on GPU, perf_counter on CPU), with a device sync
 after every call, as a decode step ends by reading its logits back (DESIGN.md §4, latency per step).
 Medians over `--repeats` after `--warmup` untimed calls. Points that do not fit in memory are recorded
-as skipped, with the reason.
+as skipped, with the reason. Beside the latency, `host_ms`: the time until the call returned, before the
+sync. On a GPU that is the host work the device waits for (dynamo's guard checks, the eager preamble, the
+graph launch): the part of a compiled step above its device time that no kernel can remove. A compiled
+profile also records `compiled_guards`, the guards each graph re-checks per call (`specbench.compiled`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import importlib
 import json
 import re
 import statistics
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -78,9 +82,11 @@ def compiled_regime():
 
 
 # -- timing ---------------------------------------------------------------------------------------------------
-def time_ms(run, device: torch.device, repeats: int, warmup: int, reset=None) -> list[float]:
+def time_ms(run, device: torch.device, repeats: int, warmup: int, reset=None, host: list | None = None) -> list[float]:
     """Milliseconds of `repeats` calls of `run` after `warmup` untimed ones; each call starts on an idle
-    device, and `reset` (untimed) follows every call."""
+    device, and `reset` (untimed) follows every call. `host` receives each call's host milliseconds: until
+    `run` returned, before the device sync (on a GPU, the launch work the device waits for; a CPU's
+    call is all host)."""
     for _ in range(warmup):
         run()
         if reset is not None:
@@ -89,8 +95,11 @@ def time_ms(run, device: torch.device, repeats: int, warmup: int, reset=None) ->
     timer.sync()
     for _ in range(repeats):
         timer.start_step()
+        start = time.perf_counter()
         with timer.span("verify"):
             run()
+        if host is not None:
+            host.append((time.perf_counter() - start) * 1e3)
         timer.end_step()
         if reset is not None:
             reset()
@@ -255,9 +264,10 @@ def profile_point(target, cache, batch: int, q: int, context: int, repeats: int,
     if reason := _too_big(activation_bytes(target, batch, q, context), target.device, "the forward"):
         return _skipped(batch, q, reason)
     ids = _random_ids(target, gen, batch, q)
+    host = []
     try:
         times = time_ms(lambda: target.forward(ids, cache), target.device, repeats, warmup,
-                        reset=lambda: cache.commit_prefix([0] * batch))
+                        reset=lambda: cache.commit_prefix([0] * batch), host=host)
     except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
         if not _is_oom(e):
             raise
@@ -270,7 +280,8 @@ def profile_point(target, cache, batch: int, q: int, context: int, repeats: int,
     compute_ms = cost["flops"] / hardware.flops * 1e3
     roofline = max(memory_ms, compute_ms)
     return {"batch": batch, "q": q, "tokens": batch * q, "status": "ok", "latency_ms": latency,
-            "latency_ms_min": min(times), "latency_ms_all": times, **cost,
+            "latency_ms_min": min(times), "latency_ms_all": times, "host_ms": statistics.median(host),
+            "host_ms_all": host, **cost,
             "memory_roofline_ms": memory_ms, "compute_roofline_ms": compute_ms, "roofline_ms": roofline,
             "latency_over_memory_roofline": latency / memory_ms, "latency_over_roofline": latency / roofline}
 
@@ -332,7 +343,9 @@ def profile_command(target: str | None, random_weights: str | None, q_sizes: str
     result = {"kind": "profile", "regime": "compiled" if compiled else "eager", "target": tgt.describe(),
               "context": context, "q": qs, "batch": batches, "repeats": repeats, "warmup": warmup,
               "device": str(tgt.device), "dtype": str(tgt.dtype).replace("torch.", ""),
-              "hardware": hardware.as_dict(), "points": points, "provenance": collect(tgt.device)}
+              "hardware": hardware.as_dict(), "points": points, "provenance": collect(tgt.device),
+              # per compiled graph: guards dynamo re-checks at every call, and those on the target it dropped
+              "compiled_guards": tgt.guard_counts}
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", f"profile-{tgt.name}-{result['regime']}-{tgt.device.type}-"
@@ -351,13 +364,15 @@ def print_profile(result: dict, path: Path) -> None:
     hw = result["hardware"]
     table = Table(title=f"one target forward · {result['target']['name']} · {hw['name']} · {result['dtype']} · "
                         f"context {result['context']} · {result['regime']}")
-    for col in ("batch", "q", "ms (median)", "memory roofline ms", "× memory", "compute roofline ms", "× roofline"):
+    for col in ("batch", "q", "ms (median)", "host ms", "memory roofline ms", "× memory", "compute roofline ms",
+                "× roofline"):
         table.add_column(col, justify="right")
     for p in result["points"]:
         if p["status"] != "ok":
-            table.add_row(str(p["batch"]), str(p["q"]), f"[dim]skipped: {p['reason']}[/dim]", "", "", "", "")
+            table.add_row(str(p["batch"]), str(p["q"]), f"[dim]skipped: {p['reason']}[/dim]", "", "", "", "", "")
             continue
-        table.add_row(str(p["batch"]), str(p["q"]), f"{p['latency_ms']:.3f}", f"{p['memory_roofline_ms']:.3f}",
+        table.add_row(str(p["batch"]), str(p["q"]), f"{p['latency_ms']:.3f}", f"{p['host_ms']:.3f}",
+                      f"{p['memory_roofline_ms']:.3f}",
                       f"{p['latency_over_memory_roofline']:.2f}", f"{p['compute_roofline_ms']:.3f}",
                       f"{p['latency_over_roofline']:.2f}")
     console = Console()

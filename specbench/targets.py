@@ -14,6 +14,8 @@ import inspect
 import json
 import os
 import shutil
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,11 +98,19 @@ class Target:
     regime: str = "eager"
     compile_mode: str | None = None
     compile_backend: str = "inductor"
-    compiled_model: torch.nn.Module | None = None
+    # the compiled regime's state is the target's own: `init=False`, so `dataclasses.replace` never shares it
+    #: the compiled regime's decode forward: `direct_forward.forward_with_layers` compiled (direct forward),
+    #: or `model(...)` compiled (`compiled_model`, any other target)
+    compiled_forward: Callable | None = field(default=None, init=False, repr=False)
+    compiled_model: torch.nn.Module | None = field(default=None, init=False, repr=False)
+    #: ids of the target's own objects, whose guards the compiled regime drops (`compiled.frozen_guards`)
+    frozen_ids: set | None = field(default=None, init=False, repr=False)
+    #: per graph compiled for this target: guards kept (checked at every call) and dropped (`frozen_guards`)
+    guard_counts: list = field(default_factory=list, init=False, repr=False)
     #: methods' own passes compiled for this target (`specbench.compiled.run`), by function
-    compiled_passes: dict = field(default_factory=dict, repr=False)
+    compiled_passes: dict = field(default_factory=dict, init=False, repr=False)
     #: the measured product rule `(skinny_rows, skinny_source)`, kept while the compiled regime turns it off
-    eager_product_rule: tuple | None = None
+    eager_product_rule: tuple | None = field(default=None, init=False)
     #: "direct" (`specbench.direct_forward`: the model's modules walked without transformers' per-call
     #: plumbing, bit-identical logits) where the architecture allows, else "transformers" (`model(...)`)
     forward_impl: str = "auto"
@@ -166,8 +176,8 @@ class Target:
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
                 "attn_implementation": getattr(self.config, "_attn_implementation", None),
                 "regime": self.regime, "compile_mode": self.compile_mode,
-                # compiled: the timed decode forwards are `model(...)` through torch.compile (the prefill direct)
-                "forward": "transformers" if self.regime == "compiled" else self.forward_impl,
+                # compiled: this forward through torch.compile (`specbench.compiled`; the prefill eager)
+                "forward": self.forward_impl,
                 "skinny_rows": self.skinny_rows, "skinny_source": self.skinny_source,
                 "chat": self.chat.as_dict()}
 
@@ -212,7 +222,10 @@ class Target:
             return RowKVCache(batch_size, self.num_layers, static_capacity(capacity), self.device, static=True)
         return RowKVCache(batch_size, self.num_layers, capacity, self.device)
 
-    @torch.inference_mode()
+    @property
+    def is_compiled(self) -> bool:
+        return self.compiled_forward is not None or self.compiled_model is not None
+
     def forward(self, input_ids: torch.Tensor, cache: RowKVCache, intra: torch.Tensor | None = None,
                 depths: torch.Tensor | None = None, logits_to_keep: int = 0,
                 logits_at: list[int] | None = None) -> torch.Tensor:
@@ -225,11 +238,33 @@ class Target:
         (host ints) for one position per row only, `[B, 1, V]` (a ragged prefill reads each row's last
         prompt position: the full `[B, q, V]` was a fifth of smollm2's prefill FLOPs, issue 19).
         """
+        return self._forward(input_ids, cache, intra, depths, logits_to_keep, logits_at, ())[0]
+
+    def forward_with_features(self, input_ids: torch.Tensor, cache: RowKVCache, layer_ids: list[int],
+                              intra: torch.Tensor | None = None, depths: torch.Tensor | None = None,
+                              logits_to_keep: int = 0, logits_at: list[int] | None = None
+                              ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """`forward(...)` and the outputs `[B, q, H]` of decoder layers `layer_ids` (negative ids count from
+        the end), by layer id: the features EAGLE-3 and DFlash draft from (A.5-1, B.1.1). An argument of
+        the forward rather than hooks around it, so the compiled regime's forward stays a pure function."""
+        from specbench.training.features import normalize_layer_ids
+
+        capture = tuple(sorted(set(normalize_layer_ids(layer_ids, self.num_layers))))
+        logits, caught = self._forward(input_ids, cache, intra, depths, logits_to_keep, logits_at, capture)
+        return logits, dict(zip(capture, caught))
+
+    @torch.inference_mode()
+    def _forward(self, input_ids, cache, intra, depths, logits_to_keep, logits_at, capture: tuple[int, ...]):
         from specbench import direct_forward
+        from specbench.training.features import capture_layers
 
         q = input_ids.shape[1]
-        captured = self.regime == "compiled" and self.compiled_model is not None and logits_at is None
-        direct = self.forward_impl == "direct" and not captured and not direct_forward.has_pre_hooks(self.model)
+        captured = self.regime == "compiled" and self.is_compiled and logits_at is None
+        if captured and self.compiled_forward is not None and direct_forward.has_hooks(self.model):
+            raise SpecbenchError("the compiled forward does not re-check the target's modules, so it cannot "
+                                 "see forward hooks on them: read layers with Target.forward_with_features")
+        direct = self.forward_impl == "direct" and not direct_forward.has_pre_hooks(self.model) and (
+            not captured or self.compiled_forward is not None)
         positions = cache.begin_write(q)
         if depths is not None:
             positions = positions[:, :1] + depths.to(positions.device).expand(positions.shape)
@@ -242,16 +277,19 @@ class Target:
             wanted = sorted(set(logits_at))
             keep = 1 if wanted == [q - 1] else torch.tensor(wanted, device=self.device)
         if direct:
-            logits = direct_forward.forward(self.model, input_ids, positions, mask, cache, keep, self._attention,
-                                            self.skinny_rows)
+            walk = self.compiled_forward if captured else direct_forward.forward_with_layers
+            logits, caught = walk(self.model, input_ids, positions, mask, cache, keep, self._attention,
+                                  self.skinny_rows, capture)
         else:
             model = self.compiled_model if captured else self.model
-            logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                           use_cache=True, logits_to_keep=keep, **{self.cache_kwarg: cache}).logits
+            with capture_layers(self.model, list(capture)) if capture else nullcontext({}) as got:
+                logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                               use_cache=True, logits_to_keep=keep, **{self.cache_kwarg: cache}).logits
+            caught = tuple(got[i] for i in capture)
         if logits_at is not None and logits.shape[1] > 1:  # [B, k, V] over the k distinct positions
             column = torch.tensor([wanted.index(p) for p in logits_at], device=logits.device)
             logits = logits[torch.arange(len(logits_at), device=logits.device), column][:, None]
-        return logits
+        return logits, caught
 
     def decoder_states(self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache) -> torch.Tensor:
         """Final-normed states `[B, q, H]` of the decoder over input embeddings `embeds [B, q, H]` written as

@@ -38,8 +38,8 @@ def test_the_pld_contender_runs_the_direct_forward(tiny_llama, monkeypatch):
     from specbench.bench import bench_pld_vs_prompt_lookup
 
     calls = []
-    real = direct_forward.forward
-    monkeypatch.setattr(direct_forward, "forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = direct_forward.forward_with_layers
+    monkeypatch.setattr(direct_forward, "forward_with_layers", lambda *a, **k: calls.append(1) or real(*a, **k))
     prompt = tiny_llama.render([{"role": "user", "content": "one two one two one two"}])
     result = bench_pld_vs_prompt_lookup(tiny_llama, [prompt], 8, 1, depth=3, max_ngram=2)
     assert result["identical_outputs"] == 1 and len(calls) >= 8

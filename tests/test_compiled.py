@@ -94,15 +94,15 @@ def test_a_shared_target_takes_each_cells_regime(tiny_llama):
     target = _twin(tiny_llama, "tiny-shared")
     target.skinny_rows, target.skinny_source = 4, "env"  # a CPU's measured W @ Xᵀ rule
     set_regime(target, "compiled")
-    assert target.new_cache(1, 8).static and target.compiled_model is not None
-    # every pass under model(...)'s products, the methods' own and the drafters' too
-    assert target.skinny_rows == 0 and target.describe()["forward"] == "transformers"
-    compiled = target.compiled_model
+    assert target.new_cache(1, 8).static and target.compiled_forward is not None
+    # every pass under F.linear, the compiled forward's product, the methods' own and the drafters' too
+    assert target.skinny_rows == 0 and target.describe()["forward"] == "direct"
+    compiled = target.compiled_forward
     set_regime(target, "eager")
     assert not target.new_cache(1, 8).static and target.describe()["regime"] == "eager"
     assert (target.skinny_rows, target.skinny_source) == (4, "env") and target.describe()["forward"] == "direct"
     set_regime(target, "compiled")
-    assert target.compiled_model is compiled and target.skinny_rows == 0  # captured once, kept
+    assert target.compiled_forward is compiled and target.skinny_rows == 0  # compiled once, kept
 
 
 def test_a_compiled_profile_grid_captures_one_graph_per_shape_past_torchs_default_limit(tiny_llama):
@@ -143,35 +143,79 @@ def test_every_method_keeps_the_eager_tokens_with_the_target_forward_traced():
             lossless.check_greedy(factory(target), target, 20, batch_sizes=(4,))
 
 
-def test_layer_features_caught_by_hooks_are_the_eager_ones_under_the_traced_target():
-    """EAGLE-3, DFlash and FlexDraft read target layers through forward hooks registered per call; a
-    traced forward must fill each call's own dict with that call's features (random drafters accept
-    nothing, so equal tokens alone would not show stale features)."""
+def test_layer_features_under_the_traced_target_are_each_calls_own_eager_ones():
+    """EAGLE-3 and DFlash read target layers (`Target.forward_with_features`): an argument of the compiled
+    direct forward, hooks around the compiled `model(...)` of a target without the direct forward. Each call
+    must return that call's own features, equal to the eager ones (random drafters accept nothing, so equal
+    tokens alone would not show stale features); and hooks on a target whose compiled forward drops the
+    module guards are refused, not silently missed."""
+    import dataclasses
+
+    import pytest
+
     from specbench.compiled import compile_target
+    from specbench.errors import SpecbenchError
     from specbench.testing import lossless
     from specbench.training.features import capture_layers
 
     eager = lossless.load_tiny("tiny-random-qwen3")
-    traced = _twin(eager, "tiny-traced-hooks")
-    compile_target(traced, backend="aot_eager")
+    direct = _twin(eager, "tiny-traced-direct")
+    via_model = dataclasses.replace(_twin(eager, "tiny-traced-model"), forward_impl="transformers")
+    for target in (direct, via_model):
+        compile_target(target, backend="aot_eager")
+    assert direct.compiled_forward is not None and via_model.compiled_model is not None
     prompt = torch.tensor([lossless.kit_prompts(eager)[2]])
     features = {}
     with one_thread():
-        for target in (eager, traced):
+        for target in (eager, direct, via_model):
             cache = target.new_cache(1, 64)
             target.forward(prompt, cache, logits_at=[prompt.shape[1] - 1])
             cache.commit_prefix([prompt.shape[1]])
             features[target.name] = []
             for step in range(3):
-                with capture_layers(target.model, [0, 1]) as got:
-                    target.forward(torch.tensor([[5 + step, 7 + step]]), cache)
+                ids = torch.tensor([[5 + step, 7 + step]])
+                if step == 1:  # between two capturing calls, a plain one (the AR arm's) of the same shape
+                    target.forward(ids, cache)
+                _, got = target.forward_with_features(ids, cache, [0, -1])
                 features[target.name].append({k: v.clone() for k, v in got.items()})
                 cache.commit_prefix([2])
-    for want, have in zip(features[eager.name], features[traced.name]):
-        assert sorted(have) == [0, 1]
-        for k in want:
-            torch.testing.assert_close(have[k], want[k], atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(features[eager.name][0][1], features[eager.name][1][1])  # steps differ
+        with capture_layers(direct.model, [0]), pytest.raises(SpecbenchError, match="forward_with_features"):
+            direct.forward(torch.tensor([[5]]), direct.new_cache(1, 8))
+    for name in (direct.name, via_model.name):
+        for want, have in zip(features[eager.name], features[name]):
+            assert sorted(have) == [0, eager.num_layers - 1], name
+            for k in want:  # static vs eager cache: float rounding apart
+                torch.testing.assert_close(have[k], want[k], atol=1e-4, rtol=1e-4, msg=name)
+    last = eager.num_layers - 1
+    assert not torch.allclose(features[eager.name][0][last], features[eager.name][1][last])  # steps differ
+
+
+def test_a_compiled_call_rechecks_no_guard_on_the_targets_modules_and_each_target_gets_its_own_graphs():
+    """`frozen_guards`: the guards dynamo re-checks at every call of the compiled forward leave out the
+    target's modules (thousands on a real model). Dynamo keeps graphs on the code object, so two targets
+    that differ only inside their modules (here the MLP activation, as two configs' `hidden_act` would)
+    must not share graphs: each gives its own eager logits."""
+    from specbench.compiled import compile_target
+    from specbench.testing import lossless
+
+    silu = lossless.load_tiny("tiny-random-qwen3")
+    gelu = _twin(silu, "tiny-gelu")
+    for layer in gelu.model.model.layers:
+        layer.mlp.act_fn = torch.nn.GELU()
+    prompt = torch.tensor([lossless.kit_prompts(silu)[1]])
+    with one_thread():
+        for reference in (silu, gelu):
+            target = compile_target(_twin(reference, reference.name + "-compiled"), backend="aot_eager")
+            logits = {}
+            for t in (reference, target):
+                cache = t.new_cache(1, 64)
+                t.forward(prompt, cache, logits_at=[prompt.shape[1] - 1])
+                cache.commit_prefix([prompt.shape[1]])
+                logits[t.name] = t.forward(torch.tensor([[5, 9, 11]]), cache)
+            torch.testing.assert_close(logits[target.name], logits[reference.name], atol=1e-4, rtol=1e-4,
+                                       msg=reference.name)
+            (counts,) = target.guard_counts  # one graph: q = 3
+            assert counts["dropped"] > 3 * counts["kept"], counts  # 4 layers; 36 on a Qwen3-8B: 7.7x
 
 
 def test_every_captured_method_pass_computes_what_its_eager_call_computes(monkeypatch):

@@ -40,7 +40,8 @@ def test_grid_writes_json_with_latency_and_roofline(tmp_path, tiny_llama):
     embedding = tiny_llama.model.get_input_embeddings().weight.numel()  # untied: only b·q rows are gathered
     assert sorted((p["batch"], p["q"]) for p in data["points"]) == [(1, 1), (1, 3), (2, 1), (2, 3)]
     for p in data["points"]:
-        assert p["status"] == "ok" and len(p["latency_ms_all"]) == 2
+        assert p["status"] == "ok" and len(p["latency_ms_all"]) == 2 and len(p["host_ms_all"]) == 2
+        assert p["host_ms"] == pytest.approx(statistics.median(p["host_ms_all"])) and p["host_ms"] > 0
         assert p["latency_ms"] == pytest.approx(statistics.median(p["latency_ms_all"])) and p["latency_ms"] > 0
         assert p["kv_bytes"] == per_token * p["batch"] * (8 + p["q"])
         assert p["weight_bytes"] == 4 * (params - embedding)
@@ -222,6 +223,18 @@ def test_compiled_flag_profiles_what_compile_target_returns(tmp_path, monkeypatc
     monkeypatch.setitem(sys.modules, "specbench.compiled", module)
     path, data = _profile(tmp_path, "--compiled")
     assert calls == ["tiny-random-llama"] and data["regime"] == "compiled" and "-compiled-" in path.name
+
+
+def test_a_compiled_profile_records_the_guards_each_graph_rechecks(tmp_path, monkeypatch):
+    """One graph per (batch, q) point, each with the count of guards dynamo re-checks per call and of those
+    on the target's modules it dropped (`compiled.frozen_guards`: the host time a compiled step pays)."""
+    from specbench import compiled
+
+    real = compiled.compile_target
+    monkeypatch.setattr(compiled, "compile_target", lambda target: real(target, backend="aot_eager"))
+    _, data = _profile(tmp_path, "--compiled")
+    assert len(data["compiled_guards"]) == len(data["points"]) == 4
+    assert all(g["dropped"] > 3 * g["kept"] > 0 for g in data["compiled_guards"]), data["compiled_guards"]
 
 
 # -- the report ----------------------------------------------------------------------------------------------------
