@@ -280,6 +280,8 @@ class Target:
             walk = self.compiled_forward if captured else direct_forward.forward_with_layers
             logits, caught = walk(self.model, input_ids, positions, mask, cache, keep, self._attention,
                                   self.skinny_rows, capture)
+            if captured and self.compile_mode == "reduce-overhead":  # CUDA graphs: the next replay reuses
+                caught = tuple(f.clone() for f in caught)  # their memory, and a drafter may still hold them
         else:
             model = self.compiled_model if captured else self.model
             with capture_layers(self.model, list(capture)) if capture else nullcontext({}) as got:

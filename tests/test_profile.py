@@ -246,7 +246,8 @@ def synthetic_profile(regime: str, slowdown: float) -> dict:
             memory = 3.4 + 0.01 * batch * q
             compute = 0.02 * batch * q
             latency = round(slowdown * max(memory, compute) + 2.0, 3)
-            points.append({"batch": batch, "q": q, "tokens": batch * q, "status": "ok", "latency_ms": latency,
+            host = {"host_ms": 0.25 * batch + q / 1000} if regime == "compiled" else {}  # eager: an older file
+            points.append({"batch": batch, "q": q, "tokens": batch * q, "status": "ok", "latency_ms": latency, **host,
                            "memory_roofline_ms": memory, "compute_roofline_ms": compute,
                            "roofline_ms": max(memory, compute), "latency_over_memory_roofline": latency / memory,
                            "latency_over_roofline": latency / max(memory, compute)})
@@ -269,8 +270,9 @@ def test_report_draws_latency_per_step_vs_roofline(tmp_path):
     section = html[html.index('<section id="roofline">'):]
     section = section[: section.index("</section>")]
     assert "Latency per step vs roofline" in section and 'alt="random:qwen3-8b latency per forward vs roofline"' in section
-    assert "eager × roofline" in section and "compiled × roofline" in section
+    assert "eager × roofline" in section and "compiled × roofline" in section and "compiled host ms" in section
     eager, compiled = synthetic_profile("eager", 3.0), synthetic_profile("compiled", 1.2)
+    assert f"{compiled['points'][-2]['host_ms']:.3f}" in section and "not recorded" in section  # eager: older file
     assert f"{eager['points'][0]['latency_ms']:.3f}" in section and f"{compiled['points'][0]['latency_ms']:.3f}" in section
     assert "skipped" in section and "broken.json" in section
     assert html.index('<section id="roofline">') < html.index('<section id="runs">')

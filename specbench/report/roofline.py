@@ -18,7 +18,7 @@ from specbench.report import figures
 from specbench.report.sections import Fig, Heading, Note, Section
 from specbench.report.tables import Cell, Table, num, slug
 
-POINT_FIELDS = ("batch", "q", "status", "reason", "latency_ms", "memory_roofline_ms", "compute_roofline_ms",
+POINT_FIELDS = ("batch", "q", "status", "reason", "latency_ms", "host_ms", "memory_roofline_ms", "compute_roofline_ms",
                 "roofline_ms", "latency_over_memory_roofline", "latency_over_roofline")
 GROUP = ["target", "hardware", "dtype", "context"]
 
@@ -59,16 +59,22 @@ def _table(key: tuple, g: pd.DataFrame) -> Table:
         for regime in regimes:
             r = by_regime.get(regime)
             if r is None or r.status != "ok":
-                cells += [Cell("—", f"skipped: {r.reason}" if r is not None else None, muted=True), Cell("—", muted=True)]
+                cells += [Cell("—", f"skipped: {r.reason}" if r is not None else None, muted=True)]
+                cells += [Cell("—", muted=True)] * 2
             else:
-                cells += [Cell(num(r.latency_ms, 3)), Cell(f"{num(r.latency_over_roofline)}×")]
+                host = r.host_ms if r.host_ms is not None and not pd.isna(r.host_ms) else None
+                cells += [Cell(num(r.latency_ms, 3)),
+                          Cell(num(host, 3)) if host is not None else Cell("—", "not recorded", muted=True),
+                          Cell(f"{num(r.latency_over_roofline)}×")]
         rows.append(cells)
     target, hardware, dtype, context = key
     return Table(slug("roofline", target, hardware, dtype, context), f"{target} on {hardware} ({dtype}, context "
                  f"{context}): one forward vs the roofline", ["batch", "q", "memory roofline ms", "roofline ms"] +
-                 [c for r in regimes for c in (f"{r} ms", f"{r} × roofline")], rows, g,
-                 "Median ms of one target forward of q new tokens per row over a cache of `context` tokens. Memory "
-                 "roofline = (weight + KV-cache bytes) ÷ bandwidth; roofline = the larger of it and FLOPs ÷ peak.")
+                 [c for r in regimes for c in (f"{r} ms", f"{r} host ms", f"{r} × roofline")], rows, g,
+                 "Median ms of one target forward of q new tokens per row over a cache of `context` tokens; host ms: "
+                 "until the call returned, before the device sync (on a GPU, host work the device waits for; on a "
+                 "CPU, the whole call). Memory roofline = (weight + KV-cache bytes) ÷ bandwidth; roofline = the "
+                 "larger of it and FLOPs ÷ peak.")
 
 
 def roofline_section(results_dir: str | Path) -> Section | None:

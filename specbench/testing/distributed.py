@@ -68,3 +68,8 @@ def _rank(rank: int, world: int, port: int, jobs, env: dict, log: str) -> None:
         entry["micro_batches"] = calls["n"]
         with open(log, "a") as f:  # one short line per rank and job: O_APPEND keeps lines whole
             f.write(json.dumps(entry) + "\n")
+    if torch.distributed.is_initialized():
+        # tear the group down in step, not at interpreter exit: a rank whose gloo threads were still joinable
+        # there once died with SIGABRT after every job had finished (stop 32's full test run)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -64,8 +64,13 @@ def init_from_env(device: str) -> str:
     device = local_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-        atexit.register(dist.destroy_process_group)  # NCCL warns at exit about groups left open
+        atexit.register(_close)  # NCCL warns at exit about groups left open
     return device
+
+
+def _close() -> None:
+    if dist.is_initialized():  # a launcher may have closed it already
+        dist.destroy_process_group()
 
 
 def broadcast_float(value: float, device: torch.device) -> float:
