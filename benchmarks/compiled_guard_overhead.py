@@ -52,18 +52,17 @@ def variants(base, names: list[str]):
     model = compiled.compile_target(dataclasses.replace(base, forward_impl="transformers", name="model"))
     frozen = compiled.compile_target(dataclasses.replace(base, name="direct-frozen"))
     every = compiled.compile_target(dataclasses.replace(base, name="direct-all-guards"))
-    options = torch._inductor.list_mode_options(every.compile_mode)
 
     def keep_all(target):
         def keep(entries):
             target.guard_counts.append({"kept": len(entries), "dropped": 0})
             return [True] * len(entries)
-        return {**options, "guard_filter_fn": keep}
+        return keep
 
-    # the same compilations as compile_target's, with every guard counted
-    model.compiled_model = torch.compile(model.model, dynamic=False, options=keep_all(model))
-    every.compiled_forward = torch.compile(compiled._own_copy(forward_with_layers, every), dynamic=False,
-                                           options=keep_all(every))
+    # the same compilations as compile_target's, with every guard kept and counted
+    model.compiled_model = torch.compile(model.model, dynamic=False,
+                                         options={**compiled._options(model), "guard_filter_fn": keep_all(model)})
+    every.compiled_forward = compiled._compile(every, forward_with_layers, keep_all(every))
     return [t for t in (model, every, frozen) if t.name in names]
 
 

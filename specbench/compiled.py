@@ -98,19 +98,22 @@ def compile_target(target, mode: str | None = None, backend: str = "inductor"):
         # dynamo does not guard on hooks, so a graph traced without them (the AR arm's) would run the
         # method's forward and leave its features empty
         config.skip_nnmodule_hook_guards = False
-        options = {"mode": target.compile_mode} if backend == "inductor" else {}
-        target.compiled_model = torch.compile(target.model, backend=backend, dynamic=False, **options)
+        target.compiled_model = torch.compile(target.model, backend=backend, dynamic=False, options=_options(target))
     _product_rule(target)
     return target
 
 
-def _compile(target, func):
-    """`torch.compile(func)` with the target's backend and mode, and `frozen_guards`, on a copy of `func`
-    of the target's own: dynamo keeps compiled graphs on the code object, shared by every `torch.compile`
-    of it, and without the guards on the target's modules another target's call could run this target's
-    graph (two test targets of one shape and another layout would)."""
-    options = torch._inductor.list_mode_options(target.compile_mode) if target.compile_backend == "inductor" else {}
-    options = {**options, "guard_filter_fn": frozen_guards(target)}
+def _options(target) -> dict:
+    """`torch.compile` options of the target's mode (`mode=` and `options=` cannot be given together)."""
+    return torch._inductor.list_mode_options(target.compile_mode) if target.compile_backend == "inductor" else {}
+
+
+def _compile(target, func, guard_filter=None):
+    """`torch.compile(func)` with the target's backend and mode, and `frozen_guards` (or `guard_filter`), on a
+    copy of `func` of the target's own: dynamo keeps compiled graphs on the code object, shared by every
+    `torch.compile` of it, and without the guards on the target's modules another target's call could run
+    this target's graph (two test targets of one shape and another layout would)."""
+    options = {**_options(target), "guard_filter_fn": guard_filter or frozen_guards(target)}
     return torch.compile(_own_copy(func, target), backend=target.compile_backend, dynamic=False, options=options)
 
 

@@ -260,11 +260,13 @@ class Target:
 
         q = input_ids.shape[1]
         captured = self.regime == "compiled" and self.is_compiled and logits_at is None
-        if captured and self.compiled_forward is not None and direct_forward.has_hooks(self.model):
-            raise SpecbenchError("the compiled forward does not re-check the target's modules, so it cannot "
-                                 "see forward hooks on them: read layers with Target.forward_with_features")
-        direct = self.forward_impl == "direct" and not direct_forward.has_pre_hooks(self.model) and (
-            not captured or self.compiled_forward is not None)
+        if captured:  # the compiled direct forward, or the compiled model(...)
+            direct = self.compiled_forward is not None
+            if direct and direct_forward.has_hooks(self.model):
+                raise SpecbenchError("the compiled forward does not re-check the target's modules, so it cannot "
+                                     "see forward hooks on them: read layers with Target.forward_with_features")
+        else:
+            direct = self.forward_impl == "direct" and not direct_forward.has_pre_hooks(self.model)
         positions = cache.begin_write(q)
         if depths is not None:
             positions = positions[:, :1] + depths.to(positions.device).expand(positions.shape)

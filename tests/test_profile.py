@@ -247,8 +247,8 @@ def synthetic_profile(regime: str, slowdown: float) -> dict:
             compute = 0.02 * batch * q
             latency = round(slowdown * max(memory, compute) + 2.0, 3)
             host = {"host_ms": 0.25 * batch + q / 1000} if regime == "compiled" else {}  # eager: an older file
-            points.append({"batch": batch, "q": q, "tokens": batch * q, "status": "ok", "latency_ms": latency, **host,
-                           "memory_roofline_ms": memory, "compute_roofline_ms": compute,
+            points.append({"batch": batch, "q": q, "tokens": batch * q, "status": "ok", "latency_ms": latency,
+                           **host, "memory_roofline_ms": memory, "compute_roofline_ms": compute,
                            "roofline_ms": max(memory, compute), "latency_over_memory_roofline": latency / memory,
                            "latency_over_roofline": latency / max(memory, compute)})
     points.append({"batch": 64, "q": 8, "tokens": 512, "status": "skipped", "reason": "does not fit: 200 GiB"})

@@ -16,7 +16,7 @@ import pandas as pd
 
 from specbench.report import figures
 from specbench.report.sections import Fig, Heading, Note, Section
-from specbench.report.tables import Cell, Table, num, slug
+from specbench.report.tables import Cell, Table, missing, num, slug
 
 POINT_FIELDS = ("batch", "q", "status", "reason", "latency_ms", "host_ms", "memory_roofline_ms", "compute_roofline_ms",
                 "roofline_ms", "latency_over_memory_roofline", "latency_over_roofline")
@@ -62,9 +62,8 @@ def _table(key: tuple, g: pd.DataFrame) -> Table:
                 cells += [Cell("—", f"skipped: {r.reason}" if r is not None else None, muted=True)]
                 cells += [Cell("—", muted=True)] * 2
             else:
-                host = r.host_ms if r.host_ms is not None and not pd.isna(r.host_ms) else None
                 cells += [Cell(num(r.latency_ms, 3)),
-                          Cell(num(host, 3)) if host is not None else Cell("—", "not recorded", muted=True),
+                          Cell("—", "not recorded", muted=True) if missing(r.host_ms) else Cell(num(r.host_ms, 3)),
                           Cell(f"{num(r.latency_over_roofline)}×")]
         rows.append(cells)
     target, hardware, dtype, context = key
