@@ -9,7 +9,8 @@
 #   phase4 (alone; one call): issue 20 at the paper's target size and at smollm2's, random weights (no download): one
 #           forward vs the roofline, eager and compiled (`specbench profile`), and AR/pld runs in both regimes
 #           (tokens compared across regimes), last the host time per compiled call by guard set
-#           (benchmarks/compiled_guard_overhead.py) -> $OUT/phase4.tar.xz; needs .dev/gsm8k.tar.xz only
+#           (benchmarks/compiled_guard_overhead.py), then the static cache's write (compiled_cache_write.py)
+#           -> $OUT/phase4.tar.xz; needs .dev/gsm8k.tar.xz only
 # The files travel in .dev/ (git-ignored): gguf.part1/2, data.tar.xz, whl/.
 # Timing on an H200 (2026-11-26): BUDGET=6 -> phase2 535 s (one call may run 600 s: keep BUDGET <= 6),
 # phase3 ~190 s with LIMIT=4; about 13 of a session's 15 device minutes in all.
@@ -142,6 +143,9 @@ if [ "$phase" = phase4 ]; then
   # host time per compiled call, the compiled model(...) of before stop 32 vs the frozen-guard direct forward
   step guards-big 200 python3 benchmarks/compiled_guard_overhead.py --config $BIG --device $DEV --dtype bfloat16 \
     --context ${CONTEXT:-512} --repeats 30 --variants model,direct-frozen --out $R/guards-big.json
+  # the static cache's write, scatter_ (copied whole and back, before) vs index_put_ (in place), at batch 1 and 16
+  step cache-write-big 200 python3 benchmarks/compiled_cache_write.py --random-weights $BIG --device $DEV \
+    --dtype bfloat16 --context ${CONTEXT:-512} --batch 1,16 --q 1 --repeats 30 --out $R/cache-write-big.json
   [ "$DEV" = cuda ] && nvidia-smi > $R/nvidia-smi.txt 2>&1
   tar -cJf $OUT/phase4.tar.xz -C $W phase4; echo "phase4 done in $(el) s"; exit 0
 fi

@@ -7,7 +7,8 @@ both arms alike, so the speedups it reports describe the regime a deployment run
 
 * the cache is static (`RowKVCache(static=True)`): every decode forward attends over the whole reserved
   capacity (rounded up to `CAPACITY_BUCKET` so batches share shapes) with a mask built on the device from
-  the row lengths, and writes by scatter, so its shapes depend on (batch, q) only;
+  the row lengths, and writes each row's slots in place (`index_put_`: a `scatter_` into a graph input
+  was compiled as a copy of the whole buffer and a copy back), so its shapes depend on (batch, q) only;
 * decode forwards (AR's q = 1, each method's verification width) go through `torch.compile` of the
   target's forward (the direct forward where the target has it, else `model(...)`) — `mode="reduce-overhead"`
   on CUDA, which records CUDA graphs per shape; inductor's default on a CPU, where the mechanism is tested;

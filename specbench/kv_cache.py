@@ -82,6 +82,12 @@ class _RowLayer(CacheLayerMixin):
             q = key_states.shape[2]
             self.keys[:, :, start : start + q] = key_states
             self.values[:, :, start : start + q] = value_states
+        elif self.owner.static:
+            # index_put_, which inductor writes in place; a scatter_ into a graph input is functionalised
+            # to a copy of the whole buffer and a copy back, two capacity-sized copies per layer per call
+            rows = self.owner.row_ids[:, None]  # [B, 1], broadcast against slots [B, q]
+            self.keys[rows, :, slots] = key_states.transpose(1, 2)  # [B, q, H, D] at (row, slot)
+            self.values[rows, :, slots] = value_states.transpose(1, 2)
         else:
             b, h, q, d = key_states.shape
             idx = slots[:, None, :, None]
@@ -112,7 +118,7 @@ class RowKVCache(Cache):
                  static: bool = False):
         self.rows = batch_size
         self.capacity = max(int(capacity), 1)
-        #: static: every forward attends over the whole capacity and writes by scatter, so a step's shapes
+        #: static: every forward attends over the whole capacity and writes at each row's slots, so a step's shapes
         #: depend on (batch, q) alone — what a captured graph needs (`specbench.compiled`); never grows
         self.static = static
         self.device = torch.device(device)
@@ -123,6 +129,7 @@ class RowKVCache(Cache):
         self.view_end = 0
         self.pending = 0
         self._steps = torch.arange(64, device=self.device)  # [0..63]: in-block offsets, grown on demand
+        self.row_ids = torch.arange(batch_size, device=self.device)
         super().__init__(layers=[_RowLayer(self) for _ in range(num_layers)])
 
     def _offsets(self, q: int) -> torch.Tensor:

@@ -124,23 +124,50 @@ def test_a_compiled_profile_grid_captures_one_graph_per_shape_past_torchs_defaul
     assert counters["stats"]["unique_graphs"] == 10
 
 
+#: functional ops inductor turns back into in-place writes of a graph input (its reinplacing pass)
+WRITTEN_IN_PLACE = {"aten.index_put.default", "aten._unsafe_index_put.default", "aten.slice_scatter.default",
+                    "aten.select_scatter.default"}
+
+
+def _aot_eager_noting_input_writes(writes):
+    """`aot_eager` that keeps input mutations in the graph, as inductor does, and notes which functional op
+    produces each value copied back into a graph input (`writes[op] += 1`)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def note(graph, inputs):
+        for node in graph.graph.nodes:
+            if node.target is torch.ops.aten.copy_.default and node.args[0].op == "placeholder":
+                writes[str(node.args[1].target)] += 1
+        return make_boxed_func(graph.forward)
+
+    return aot_autograd(fw_compiler=note, keep_inference_input_mutations=True)
+
+
 def test_every_method_keeps_the_eager_tokens_with_the_target_forward_traced():
     """Each method's verification through the captured path (dynamo-traced target, `aot_eager` backend):
     greedy = AR at batch 4, and that AR = the eager target's AR, so every method keeps the eager tokens.
     AR and pld run first, so graphs traced without forward hooks exist when the hook-reading methods come
-    (as the AR arm's do in a run): dynamo's default skipped hook guards, and DFlash found no features."""
+    (as the AR arm's do in a run): dynamo's default skipped hook guards, and DFlash found no features.
+
+    Every input a graph writes (the static caches) is written by an op inductor writes in place: a
+    `scatter_` was copied whole and copied back, two capacity-sized copies per layer per call."""
+    import collections
+
     from specbench.compiled import compile_target
     from specbench.testing import lossless
 
     eager = lossless.load_tiny("tiny-random-qwen3")
     target = _twin(eager, "tiny-traced-qwen3")
-    compile_target(target, backend="aot_eager")
+    writes = collections.Counter()
+    compile_target(target, backend=_aot_eager_noting_input_writes(writes))
     factories = _method_factories()
     prompts = lossless.kit_prompts(eager)
     with one_thread():
         assert lossless.ar_reference(target, prompts, 20) == lossless.ar_reference(eager, prompts, 20)
         for factory in factories.values():
             lossless.check_greedy(factory(target), target, 20, batch_sizes=(4,))
+    assert writes and set(writes) <= WRITTEN_IN_PLACE, writes
 
 
 def test_layer_features_under_the_traced_target_are_each_calls_own_eager_ones():

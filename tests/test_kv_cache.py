@@ -86,3 +86,33 @@ def test_attention_mask_matches_the_visibility_rule(target):
             for s in range(mask.shape[-1]):
                 visible = s < lengths[b] or (0 <= s - lengths[b] < 3 and bool(intra[j, s - lengths[b]]))
                 assert (mask[b, j, s] == 0) == visible, (b, j, s)
+
+
+def test_a_compiled_write_into_a_static_cache_moves_only_the_written_slots():
+    """The compiled regime writes a static cache inside the captured forward. A `scatter_` there was
+    functionalised into a copy of the whole buffer and a copy back (two capacity-sized copies per layer per
+    call, both arms, growing with batch and capacity); `index_put_` is written in place by inductor. The
+    write must also land where the eager growing cache puts it."""
+    from torch._inductor.utils import run_and_get_code
+
+    from specbench.kv_cache import RowKVCache
+
+    def write(cache, keys, values):
+        cache.layers[0].update(keys, values, 0)
+
+    def ragged(static):
+        cache = RowKVCache(2, 1, 1000, "cpu", static=static)
+        cache.lengths, cache.device_lengths = [5, 9], torch.tensor([5, 9])
+        cache.begin_write(3)
+        return cache
+
+    keys, values = torch.randn(2, 3, 3, 16), torch.randn(2, 3, 3, 16)  # [B, heads, q, d]
+    static, growing = ragged(True), ragged(False)
+    with torch.inference_mode():
+        write(growing, keys, values)
+        static.layers[0].lazy_initialization(keys, values)
+        _, code = run_and_get_code(torch.compile(write, dynamic=False), static, keys, values)
+    for name in ("keys", "values"):
+        got, want = getattr(static.layers[0], name), getattr(growing.layers[0], name)
+        assert torch.equal(got[:, :, : want.shape[2]], want) and not got[:, :, want.shape[2]:].any()
+    assert str(static.layers[0].keys.numel()) not in "\n".join(code), "a kernel spans a whole cache buffer"
