@@ -68,10 +68,11 @@ class PromptLookupDecoder(ChainSpeculativeDecoder):
         smollm2 on 2 CPU cores: 2 / 4 / 8 tokens cost 1.35 / 1.43 / 2.16 AR steps), so padding columns are
         not free. Deciding needs the match lengths on the host: free on a CPU, but on a GPU it would be a
         second sync per step that the AR arm does not pay, for a forward whose cost barely depends on its
-        width in the launch-bound regime, so a GPU always verifies the full width."""
+        width in the launch-bound regime, so a GPU always verifies the full width. So does the compiled regime
+        on any device: a captured graph per width, each width first met in a timed step, compiles there."""
         filled = self.history.ids[:, :max(self.history.host_lengths)]
         proposal = prompt_lookup(filled, self.history.lengths, self.depth, self.max_ngram, self.min_ngram, self.match)
-        if filled.device.type != "cpu":
+        if filled.device.type != "cpu" or self.target.regime == "compiled":
             return proposal
         longest = int((proposal.lengths * active).max()) if proposal.lengths.numel() else 0
         return proposal if longest == proposal.tokens.shape[1] else proposal.trimmed(longest)

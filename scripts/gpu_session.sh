@@ -9,12 +9,14 @@
 #   phase4 (alone; one call): issue 20 at the paper's target size and at smollm2's, random weights (no download): one
 #           forward vs the roofline, eager and compiled (`specbench profile`), and AR/pld runs in both regimes
 #           (tokens compared across regimes), last the host time per compiled call by guard set
-#           (benchmarks/compiled_guard_overhead.py), then the static cache's write (compiled_cache_write.py)
+#           (benchmarks/compiled_guard_overhead.py), then the static cache's write (compiled_static_cache.py)
 #           -> $OUT/phase4.tar.xz; needs .dev/gsm8k.tar.xz only
 # The files travel in .dev/ (git-ignored): gguf.part1/2, data.tar.xz, whl/.
 # Timing on an H200 (2026-11-26): BUDGET=6 -> phase2 535 s (one call may run 600 s: keep BUDGET <= 6),
 # phase3 ~190 s with LIMIT=4; about 13 of a session's 15 device minutes in all.
 # phase4 (2026-12-04, with its start and transfers): 370 s of command, ~7 device minutes in all.
+# Against that session's compiled numbers, a phase4 now has: frozen guards (stop 32), the static cache written
+# in place and sized to the need (stop 33: a 512-token context reserves 768 slots, was 1024).
 # Since cbacdc2 a compiled drafted method also compiles its own passes (CPU, inductor: 53-169 s per compiled
 # run of 4 prompts, compilation included, against 26-42 s eager); give carry3's compiled cells the larger
 # share of DEADLINE, and read graphs_traced_while_timed in each manifest (0: nothing compiled while timed).
@@ -144,7 +146,7 @@ if [ "$phase" = phase4 ]; then
   step guards-big 200 python3 benchmarks/compiled_guard_overhead.py --config $BIG --device $DEV --dtype bfloat16 \
     --context ${CONTEXT:-512} --repeats 30 --variants model,direct-frozen --out $R/guards-big.json
   # the static cache's write, scatter_ (copied whole and back, before) vs index_put_ (in place), at batch 1 and 16
-  step cache-write-big 200 python3 benchmarks/compiled_cache_write.py --random-weights $BIG --device $DEV \
+  step cache-write-big 200 python3 benchmarks/compiled_static_cache.py --random-weights $BIG --device $DEV \
     --dtype bfloat16 --context ${CONTEXT:-512} --batch 1,16 --q 1 --repeats 30 --out $R/cache-write-big.json
   [ "$DEV" = cuda ] && nvidia-smi > $R/nvidia-smi.txt 2>&1
   tar -cJf $OUT/phase4.tar.xz -C $W phase4; echo "phase4 done in $(el) s"; exit 0

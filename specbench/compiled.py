@@ -6,7 +6,8 @@ overhead more than the method (smollm2-135m: a 15 ms AR step on an H200 whose me
 both arms alike, so the speedups it reports describe the regime a deployment runs in:
 
 * the cache is static (`RowKVCache(static=True)`): every decode forward attends over the whole reserved
-  capacity (rounded up to `CAPACITY_BUCKET` so batches share shapes) with a mask built on the device from
+  capacity (the run's longest need, rounded up to `CAPACITY_BUCKET`, so batches share shapes; a sweep's
+  cells of other needs compile their own graphs in their warm-ups) with a mask built on the device from
   the row lengths, and writes each row's slots in place (`index_put_`: a `scatter_` into a graph input
   was compiled as a copy of the whole buffer and a copy back), so its shapes depend on (batch, q) only;
 * decode forwards (AR's q = 1, each method's verification width) go through `torch.compile` of the
@@ -39,9 +40,11 @@ import types
 
 import torch
 
-#: static caches reserve a multiple of this many slots, so batches of different prompt lengths (and the
-#: warm-up) share one shape, and no timed batch compiles; attention over the spare slots is masked
-CAPACITY_BUCKET = 1024
+#: static caches reserve a multiple of this many slots; a run's caches all reserve its longest need
+#: (`Target.static_slots`, set by the runner), so its batches and its warm-up share one shape and no timed
+#: batch compiles. Attention reads every reserved slot (the spare ones masked), so the bucket is kept small:
+#: at 1024 (before) a GSM8K run attended over 2-4x the slots it used, per forward of both arms
+CAPACITY_BUCKET = 256
 REGIMES = ("eager", "compiled")
 #: graphs kept per compiled function: one per (batch, q) shape a run or a profile grid uses. torch's default
 #: (8) is fewer than a profile grid's points, and past it dynamo runs the rest eager without a word

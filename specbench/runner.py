@@ -210,6 +210,8 @@ class Runner:
         self.method = build_method(config.method, self.target, depth=config.depth, drafter=drafter,
                                    **config.method_options)
         self.baseline = build_method("ar", self.target)
+        if config.regime == "compiled":
+            self.target.static_slots = compiled.static_capacity(self.run_capacity())
 
     # -- manifest ------------------------------------------------------------------------------------
     def manifest(self, run_id: str) -> dict:
@@ -232,6 +234,17 @@ class Runner:
                        "clock": "cuda events" if self.target.device.type == "cuda" else "time.perf_counter"},
             "provenance": provenance.collect(self.target.device),
         }
+
+    def run_capacity(self) -> int:
+        """Cache slots the longest conversation of the run needs: all its user turns rendered, every answer at
+        `max_new_tokens`, and the widest step of either arm (`generate` sizes one batch so). The compiled
+        regime's static caches all reserve it, so every batch reuses the warm-up's graphs; a batch that
+        needs more (a re-tokenised answer longer than its tokens) gets a larger cache, and its graphs are
+        counted in `graphs_traced_while_timed`."""
+        step = max(m.make_decoder(self.sampling, None).max_step_tokens for m in (self.method, self.baseline))
+        longest = max(len(self.target.render(self._messages(e, [""] * len(e.turns), len(e.turns) - 1)))
+                      + len(e.turns) * self.max_new_tokens for e in self.examples) if self.examples else 0
+        return longest + step + 1
 
     # -- decoding ------------------------------------------------------------------------------------
     def _messages(self, example: Example, answers: list[str], turn: int) -> list[dict]:

@@ -109,6 +109,9 @@ class Target:
     guard_counts: list = field(default_factory=list, init=False, repr=False)
     #: methods' own passes compiled for this target (`specbench.compiled.run`), by function
     compiled_passes: dict = field(default_factory=dict, init=False, repr=False)
+    #: compiled regime: the slots every static cache reserves at least (the run's longest need, set by the
+    #: runner), so all batches of a run share the captured shapes; 0 = each cache its own need
+    static_slots: int = field(default=0, init=False)
     #: the measured product rule `(skinny_rows, skinny_source)`, kept while the compiled regime turns it off
     eager_product_rule: tuple | None = field(default=None, init=False)
     #: "direct" (`specbench.direct_forward`: the model's modules walked without transformers' per-call
@@ -176,6 +179,7 @@ class Target:
                 "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
                 "attn_implementation": getattr(self.config, "_attn_implementation", None),
                 "regime": self.regime, "compile_mode": self.compile_mode,
+                "static_slots": self.static_slots if self.regime == "compiled" else None,
                 # compiled: this forward through torch.compile (`specbench.compiled`; the prefill eager)
                 "forward": self.forward_impl,
                 "skinny_rows": self.skinny_rows, "skinny_source": self.skinny_source,
@@ -219,7 +223,8 @@ class Target:
         if self.regime == "compiled":
             from specbench.compiled import static_capacity
 
-            return RowKVCache(batch_size, self.num_layers, static_capacity(capacity), self.device, static=True)
+            return RowKVCache(batch_size, self.num_layers, static_capacity(max(capacity, self.static_slots)),
+                              self.device, static=True)
         return RowKVCache(batch_size, self.num_layers, capacity, self.device)
 
     @property

@@ -48,13 +48,13 @@ def _method_factories():
 def test_compiled_regime_gives_the_eager_tokens_without_recompiling_per_batch(tiny_llama):
     from torch._dynamo.utils import counters
 
-    from specbench.compiled import compile_target
+    from specbench.compiled import CAPACITY_BUCKET, compile_target
 
     prompts = kit_prompts(tiny_llama)
     eager = {m: _tokens(tiny_llama, m, prompts[:4]) for m in ("ar", "pld")}
     compiled = _twin(tiny_llama, "tiny-compiled")
     compile_target(compiled, backend="aot_eager")
-    assert compiled.new_cache(2, 10).static and compiled.new_cache(2, 10).capacity == 1024
+    assert compiled.new_cache(2, 10).static and compiled.new_cache(2, 10).capacity == CAPACITY_BUCKET
     torch._dynamo.reset()
     with one_thread():
         assert {m: _tokens(compiled, m, prompts[:4]) for m in ("ar", "pld")} == eager
@@ -320,6 +320,39 @@ def test_a_compiled_run_records_its_captured_passes_and_graphs_traced_while_time
                     progress=False, target=target)
     run_dir = runner.run(run_id="e")  # batch 3 without a warm-up: traced while timed, and counted
     assert json.loads((run_dir.path / "manifest.json").read_text())["graphs_traced_while_timed"] >= 1
+
+
+def test_every_batch_of_a_compiled_run_reserves_the_runs_longest_need(tmp_path, tiny_llama, monkeypatch):
+    """A static cache attends over every slot it reserves, so the compiled regime sizes them to the run: all
+    batches reserve the longest conversation's need (rounded up to `CAPACITY_BUCKET`), one shape for every
+    batch and the warm-up. Here the batches' own needs fall on both sides of a bucket boundary: sized per
+    batch, the longer batch would get a larger cache and compile its graphs inside a timed step."""
+    import json
+
+    from specbench import compiled
+    from specbench.results import ResultStore
+    from specbench.runner import RunConfig, Runner
+
+    target = _twin(tiny_llama, "tiny-compiled-capacity")
+    compiled.compile_target(target, backend="aot_eager")
+    config = dict(method="pld", suite="gsm8k", target="tiny-random-llama", limit=4, batch_size=1, regime="compiled")
+    probe = Runner(RunConfig(**config, max_new_tokens=1), ResultStore(tmp_path / "probe"), progress=False,
+                   target=target)
+    lengths = sorted(len(target.render(probe._messages(e, [], 0))) for e in probe.examples)
+    step = probe.method.make_decoder(probe.sampling, None).max_step_tokens
+    new_tokens = compiled.CAPACITY_BUCKET - lengths[0] - step - 1  # the shortest prompt fills one bucket exactly
+    assert lengths[-1] > lengths[0]
+    reserved = []
+    new_cache = Target.new_cache
+    monkeypatch.setattr(Target, "new_cache", lambda t, b, c: reserved.append(new_cache(t, b, c).capacity) or
+                        new_cache(t, b, c))
+    with one_thread():
+        runner = Runner(RunConfig(**config, max_new_tokens=new_tokens), ResultStore(tmp_path), progress=False,
+                        target=target)
+        run_dir = runner.run(run_id="c")
+    manifest = json.loads((run_dir.path / "manifest.json").read_text())
+    assert set(reserved) == {2 * compiled.CAPACITY_BUCKET} == {manifest["target"]["static_slots"]}, reserved
+    assert manifest["graphs_traced_while_timed"] == 0
 
 
 def test_warm_shapes_traces_the_widths_a_short_decode_misses():

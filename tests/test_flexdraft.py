@@ -451,7 +451,7 @@ def test_the_head_and_calibration_after_the_pass_are_draft_time(mode):
 def test_padded_verify_width_of_the_compiled_regime_keeps_the_target_distribution(monkeypatch):
     """The compiled regime pads the verify width to a power of two (`specbench.compiled.width`): acceptance
     draws uniforms for columns no row verifies, so samples differ from eager's; their distribution must not.
-    The padding alone, on the eager cache (the static one would hold 1024 slots per sampled row)."""
+    The padding alone, on the eager cache (the static one would hold a bucket of slots per sampled row)."""
     from types import SimpleNamespace
 
     from specbench import compiled

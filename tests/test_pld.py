@@ -83,7 +83,8 @@ def test_the_lookup_is_draft_time(tiny_llama):
 
 def test_a_cpu_step_verifies_the_longest_active_draft_only():
     """No active row matched: a 1-token verify (as HF's prompt lookup). A match in a stopped row does not
-    count; otherwise the width is the longest active draft (here cut at the context end: 3 of 4)."""
+    count; otherwise the width is the longest active draft (here cut at the context end: 3 of 4). The
+    compiled regime verifies the full width, as a GPU does: one captured graph, not one per width."""
     from types import SimpleNamespace
 
     from specbench.methods.pld import PromptLookupDecoder
@@ -92,6 +93,9 @@ def test_a_cpu_step_verifies_the_longest_active_draft_only():
     decoder.depth, decoder.max_ngram, decoder.min_ngram, decoder.match = 4, 2, 1, "first"
     ids = torch.tensor([[1, 2, 3, 1, 2, 0], [5, 6, 7, 8, 0, 0]])  # row 0 repeats "1 2", row 1 never repeats
     decoder.history = SimpleNamespace(ids=ids, host_lengths=[5, 4], lengths=torch.tensor([5, 4]))
+    decoder.target = SimpleNamespace(regime="compiled")
+    assert decoder.propose(torch.tensor([False, True])).tokens.shape[1] == 4
+    decoder.target.regime = "eager"
     both = decoder.propose(torch.tensor([True, True]))
     assert both.tokens.shape[1] == 3 and both.lengths.tolist() == [3, 0]
     assert both.tokens[0].tolist() == [3, 1, 2]
