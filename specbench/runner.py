@@ -273,12 +273,22 @@ class Runner:
             decoder.warm_shapes()
         return out
 
-    def warmup(self, examples: list[Example]) -> None:
+    def warmup(self, batches: list[list[Example]]) -> None:
         """Both arms decode the first batch briefly; compiled, each decoder then traces the shapes a short
-        decode may miss (`Decoder.warm_shapes`), so no graph is compiled inside a timed step."""
-        prompts = [self.target.render(self._messages(e, [], 0)) for e in examples]
-        for method in (self.method, self.baseline):
-            self._decode(method, prompts, WARMUP_TOKENS, "warmup")
+        decode may miss (`Decoder.warm_shapes`), so no graph is compiled inside a timed step. A batch size
+        is a shape too: compiled, the arms also decode every smaller number of rows the run will meet (a
+        short last batch, a later turn that fewer conversations have)."""
+        first = batches[0]
+        sizes = [len(first)]
+        if self.config.regime == "compiled":
+            for batch in batches:
+                for turn in range(max(len(e.turns) for e in batch)):
+                    rows = sum(len(e.turns) > turn for e in batch)
+                    sizes += [rows] if rows not in sizes else []
+        for rows in sizes:
+            prompts = [self.target.render(self._messages(e, [], 0)) for e in first[:rows]]
+            for method in (self.method, self.baseline):
+                self._decode(method, prompts, WARMUP_TOKENS, "warmup")
 
     def run_batch(self, batch_index: int, batch: list[Example]) -> list[dict]:
         arms = [("method", self.method), ("baseline", self.baseline)]
@@ -354,7 +364,7 @@ class Runner:
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             if todo and self.config.warmup:
-                self.warmup(batches[0])
+                self.warmup(batches)
             bar = _progress(len(self.examples), len(done), self.progress,
                             f"{self.config.method} vs ar on {self.config.suite}")
             for k, batch in enumerate(batches):

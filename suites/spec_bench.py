@@ -102,7 +102,8 @@ def stratified(examples: list[Example], limit: int | None, seed: int) -> list[Ex
         extra = min(spare, len(by_task[t]) - share[t])
         share[t] += extra
         spare -= extra
-    chosen = {e.id for t in tasks for e in select(by_task[t], share[t], seed + TASKS.index(t) if t in TASKS else seed)}
+    chosen = {e.id for t in tasks if share[t]  # a limit under the task count leaves the last tasks none
+              for e in select(by_task[t], share[t], seed + TASKS.index(t) if t in TASKS else seed)}
     return [e for e in examples if e.id in chosen]
 
 

@@ -355,6 +355,23 @@ def test_every_batch_of_a_compiled_run_reserves_the_runs_longest_need(tmp_path, 
     assert manifest["graphs_traced_while_timed"] == 0
 
 
+def test_a_compiled_run_warms_its_short_last_batch_too(tmp_path, tiny_llama):
+    """3 prompts at batch 2: the last batch has one row, a shape of its own, which the warm-up decodes too;
+    warming only the first batch compiled it inside a timed step."""
+    import json
+
+    from specbench.compiled import compile_target
+    from specbench.results import ResultStore
+    from specbench.runner import RunConfig, Runner
+
+    target = compile_target(_twin(tiny_llama, "tiny-compiled-last-batch"), backend="aot_eager")
+    config = RunConfig(method="pld", suite="gsm8k", target="tiny-random-llama", limit=3, max_new_tokens=12,
+                       batch_size=2, regime="compiled")
+    with one_thread():
+        run_dir = Runner(config, ResultStore(tmp_path), progress=False, target=target).run(run_id="c")
+    assert json.loads((run_dir.path / "manifest.json").read_text())["graphs_traced_while_timed"] == 0
+
+
 def test_warm_shapes_traces_the_widths_a_short_decode_misses():
     """FlexDraft's padded verify widths (both flex modes, draft-head chunks) and MTP linear's two verify
     widths are met by `Decoder.warm_shapes`: after a prefill and `warm_shapes`, a whole decode of another

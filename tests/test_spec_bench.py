@@ -87,6 +87,8 @@ def test_limit_is_stratified_and_stable(questions):
     assert [e.id for e in chosen] != [e.id for e in suite.select(questions, 12, 1)]
     assert Counter(e.meta["category"] for e in suite.select(questions, 8, 0)) == {
         "mt_bench": 2, "translation": 2, "summarization": 1, "qa": 1, "math_reasoning": 1, "rag": 1}
+    assert Counter(e.meta["category"] for e in suite.select(questions, 4, 0)) == {  # fewer than the tasks
+        "mt_bench": 1, "translation": 1, "summarization": 1, "qa": 1}
 
 
 def test_category_selection(questions):
