@@ -281,7 +281,7 @@ def profile_point(target, cache, batch: int, q: int, context: int, repeats: int,
     roofline = max(memory_ms, compute_ms)
     return {"batch": batch, "q": q, "tokens": batch * q, "status": "ok", "latency_ms": latency,
             "latency_ms_min": min(times), "latency_ms_all": times, "host_ms": statistics.median(host),
-            "host_ms_all": host, **cost,
+            "host_ms_all": host, "attended_slots": cache.window(q), **cost,
             "memory_roofline_ms": memory_ms, "compute_roofline_ms": compute_ms, "roofline_ms": roofline,
             "latency_over_memory_roofline": latency / memory_ms, "latency_over_roofline": latency / roofline}
 

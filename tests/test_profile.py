@@ -43,7 +43,7 @@ def test_grid_writes_json_with_latency_and_roofline(tmp_path, tiny_llama):
         assert p["status"] == "ok" and len(p["latency_ms_all"]) == 2 and len(p["host_ms_all"]) == 2
         assert p["host_ms"] == pytest.approx(statistics.median(p["host_ms_all"])) and p["host_ms"] > 0
         assert p["latency_ms"] == pytest.approx(statistics.median(p["latency_ms_all"])) and p["latency_ms"] > 0
-        assert p["kv_bytes"] == per_token * p["batch"] * (8 + p["q"])
+        assert p["kv_bytes"] == per_token * p["batch"] * (8 + p["q"]) and p["attended_slots"] == 8 + p["q"]
         assert p["weight_bytes"] == 4 * (params - embedding)
         memory_ms = (p["weight_bytes"] + p["kv_bytes"]) / hw["bandwidth_measured"] * 1e3
         assert p["memory_roofline_ms"] == pytest.approx(memory_ms)
@@ -234,6 +234,7 @@ def test_a_compiled_profile_records_the_guards_each_graph_rechecks(tmp_path, mon
     monkeypatch.setattr(compiled, "compile_target", lambda target: real(target, backend="aot_eager"))
     _, data = _profile(tmp_path, "--compiled")
     assert len(data["compiled_guards"]) == len(data["points"]) == 4
+    assert {p["attended_slots"] for p in data["points"]} == {compiled.CAPACITY_BUCKET}  # the static cache's all
     assert all(g["dropped"] > 3 * g["kept"] > 0 for g in data["compiled_guards"]), data["compiled_guards"]
 
 
