@@ -284,7 +284,8 @@ class Runner:
             for batch in batches:
                 for turn in range(max(len(e.turns) for e in batch)):
                     rows = sum(len(e.turns) > turn for e in batch)
-                    sizes += [rows] if rows not in sizes else []
+                    if rows not in sizes:
+                        sizes.append(rows)
         for rows in sizes:
             prompts = [self.target.render(self._messages(e, [], 0)) for e in first[:rows]]
             for method in (self.method, self.baseline):
